@@ -1,0 +1,479 @@
+"""The pipeline configuration: one YAML, one section per stage, validated into frozen dataclasses.
+
+`load(dict)` turns the merged Snakemake config (``pipeline_config.yaml`` plus any
+``--configfile`` overlays) into a `Config`, or raises `ConfigError` naming the bad key. The
+Snakefile calls it before any job runs; each stage CLI receives only its own section as JSON
+(`section_json`) and rebuilds it with `load_section`, so changing one section reruns only the
+stages that read it.
+
+Every field carries its help text in ``metadata["help"]``; ranges are checked in
+``__post_init__``-free form by `_check` so that the message names the full key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PUZZLES = ("frozenlake", "maze", "minibehaviour")
+CONDITIONS = ("image", "text", "image_oracle_state")
+DISTILL_METHODS = ("opd_only", "mgsd", "mgsd_no_plan", "mgsd_full_kl", "mgsd_teacher_grounded")
+METHODS = ("base", "symbolic", "sft_direct", "grounding", *DISTILL_METHODS)
+LEVEL_RANGE = {"frozenlake": (2, 12), "maze": (2, 12), "minibehaviour": (4, 12)}
+BENCHMARK_SOURCES = {"frozenlake": "vsp", "minibehaviour": "vprl"}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+def _f(default: Any = dataclasses.MISSING, help: str = "", **checks: Any) -> Any:
+    """A dataclass field with help text and range checks (ge, gt, le, lt)."""
+    meta = {"help": help, **checks}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass(frozen=True, kw_only=True)
+class PuzzleData:
+    levels: tuple[int, ...] = _f(help="grid sides N to generate")
+    train_per_level: int = _f(help="training instances per side", ge=1)
+    val_per_level: int = _f(help="validation instances per side", ge=1)
+    test_per_level: int = _f(help="test instances per side (generated test sets)", ge=1)
+    test_source: Literal["generated", "vsp", "vprl"] = _f(
+        "generated", help="generated, or the public benchmark: vsp (frozenlake), vprl (minibehaviour)"
+    )
+    hole_fraction: tuple[float, float] = _f(
+        (0.14, 0.19), help="frozenlake only: range of the fraction of cells that are holes"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Seeds:
+    train: int = _f(1, help="seed of the training split", ge=0)
+    val: int = _f(2, help="seed of the validation split", ge=0)
+    test: int = _f(3, help="seed of generated test splits (reserved: never used for training)", ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    puzzles: dict[str, PuzzleData] = _f(help="per puzzle: sides, split sizes, test source")
+    image_size: int = _f(256, help="side in pixels of every picture the model sees", ge=32, le=2048)
+    benchmarks_dir: str | None = _f(
+        None, help="folder with vsp_frozenlake/ and vprl_minibehaviour/ (needed by benchmark test sources)"
+    )
+    seeds: Seeds = _f(Seeds(), help="split seeds")
+
+
+# ---------------------------------------------------------------- backbone
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScratchConfig:
+    hidden_size: int = _f(128, help="text hidden size", ge=8)
+    num_hidden_layers: int = _f(2, help="text decoder layers", ge=1)
+    num_attention_heads: int = _f(4, help="attention heads", ge=1)
+    num_key_value_heads: int = _f(2, help="key/value heads (GQA)", ge=1)
+    head_dim: int = _f(32, help="per-head dimension", ge=4)
+    intermediate_size: int = _f(256, help="MLP width", ge=8)
+    mrope_section: tuple[int, int, int] = _f(
+        (4, 6, 6), help="M-RoPE split of head_dim/2 into (time, height, width)"
+    )
+    rope_theta: float = _f(10000.0, help="rotary base", gt=0)
+    max_position_embeddings: int = _f(4096, help="longest sequence", ge=64)
+    vocab_size: int = _f(1024, help="size of the domain tokenizer (BPE target)", ge=300)
+    vision_depth: int = _f(2, help="vision transformer blocks", ge=1)
+    vision_hidden_size: int = _f(64, help="vision hidden size", ge=8)
+    vision_num_heads: int = _f(4, help="vision attention heads", ge=1)
+    vision_intermediate_size: int = _f(128, help="vision MLP width", ge=8)
+    patch_size: int = _f(16, help="vision patch side in pixels", ge=2)
+    spatial_merge_size: int = _f(2, help="patches merged per side into one image token", ge=1)
+    deepstack_visual_indexes: tuple[int, ...] = _f(
+        (1,), help="vision blocks whose features are added to the first text layers"
+    )
+    num_position_embeddings: int = _f(256, help="learned vision position embeddings (a square)", ge=1)
+    seed: int = _f(0, help="seed of the random initial weights", ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackboneConfig:
+    source: Literal["scratch", "pretrained"] = _f(
+        "scratch", help="scratch: random Qwen3-VL weights of the sizes below; pretrained: a hub id or path"
+    )
+    pretrained: str = _f("Qwen/Qwen3-VL-4B-Instruct", help="hub id or local folder (source: pretrained)")
+    prompt_style: Literal["compact", "instruct"] = _f(
+        "compact", help="compact prompts for scratch models, full instructions for instruct models"
+    )
+    scratch: ScratchConfig = _f(ScratchConfig(), help="sizes of the scratch architecture")
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    rank: int = _f(8, help="LoRA rank", ge=1)
+    alpha: float = _f(16.0, help="LoRA alpha", gt=0)
+    dropout: float = _f(0.0, help="LoRA dropout", ge=0, lt=1)
+    target_modules: str = _f(
+        "all-linear", help="peft target_modules; the vision tower is excluded unless train_vision"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One supervised stage: symbolic_pretrain, grounding or sft_direct."""
+
+    steps: int = _f(help="optimizer steps", ge=1)
+    batch_size: int = _f(help="global batch (examples per optimizer step, all processes)", ge=1)
+    grad_accum: int = _f(1, help="micro-batches per optimizer step", ge=1)
+    lr: float = _f(help="peak learning rate", gt=0)
+    schedule: Literal["cosine", "constant"] = _f("cosine", help="learning-rate schedule")
+    warmup_ratio: float = _f(0.1, help="share of steps with linear warmup", ge=0, le=1)
+    weight_decay: float = _f(0.0, help="AdamW weight decay", ge=0)
+    grad_clip: float = _f(1.0, help="gradient norm clip (0: off)", ge=0)
+    finetune: Literal["full", "lora"] = _f("full", help="full fine-tuning or LoRA (merged at the end)")
+    lora: LoraConfig = _f(LoraConfig(), help="LoRA settings (finetune: lora)")
+    train_vision: bool = _f(True, help="train the vision tower too")
+    eval_every: int = _f(0, help="validation every K steps (0: only at the end)", ge=0)
+    val_instances: int = _f(16, help="validation instances for greedy success", ge=0)
+    val_max_new_tokens: int = _f(256, help="generation budget of greedy validation", ge=1)
+    checkpoint_every: int = _f(50, help="resumable checkpoint every K steps (0: never)", ge=0)
+    log_every: int = _f(1, help="log every K steps", ge=1)
+    seed: int = _f(0, help="seed of batch order and dropout", ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """On-policy distillation (MGSD stage 2), shared by every distillation method."""
+
+    steps: int = _f(help="optimizer steps; the budget is steps x batch_size x samples", ge=1)
+    batch_size: int = _f(help="prompts per step (global)", ge=1)
+    samples_per_prompt: int = _f(1, help="replies sampled per prompt", ge=1)
+    temperature: float = _f(1.0, help="sampling temperature", gt=0)
+    max_new_tokens: int = _f(help="longest sampled reply", ge=1)
+    lr: float = _f(help="learning rate", gt=0)
+    schedule: Literal["cosine", "constant"] = _f("constant", help="learning-rate schedule")
+    warmup_ratio: float = _f(0.0, help="share of steps with linear warmup", ge=0, le=1)
+    weight_decay: float = _f(0.01, help="AdamW weight decay", ge=0)
+    grad_clip: float = _f(1.0, help="gradient norm clip (0: off)", ge=0)
+    clip_eps: float = _f(0.2, help="PPO clip of the importance ratio", gt=0)
+    train_vision: bool = _f(True, help="train the vision tower too")
+    teacher_offload: bool = _f(False, help="keep the teacher on the CPU between steps")
+    reward_weight: float = _f(0.0, help="weight of the task reward in the advantage (0: logged only)", ge=0)
+    eval_every: int = _f(0, help="greedy validation every K steps (0: only at the end)", ge=0)
+    val_instances: int = _f(16, help="validation instances for greedy success", ge=0)
+    checkpoint_every: int = _f(50, help="resumable checkpoint every K steps (0: never)", ge=0)
+    log_every: int = _f(1, help="log every K steps", ge=1)
+    seed: int = _f(0, help="seed of batch order and sampling", ge=0)
+
+
+# ---------------------------------------------------------------- evaluation and report
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig:
+    conditions: tuple[str, ...] = _f(CONDITIONS, help="input conditions: image, text, image_oracle_state")
+    max_new_tokens: int = _f(512, help="generation budget per reply", ge=1)
+    batch_size: int = _f(32, help="replies generated together", ge=1)
+    offgrid: Literal["fail", "stay"] = _f("fail", help="a move off the grid fails (paper) or stays put")
+    limit_per_level: int = _f(0, help="evaluate at most this many test instances per side (0: all)", ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TablesConfig:
+    bootstrap: int = _f(1000, help="bootstrap resamples for confidence intervals", ge=10)
+    confidence: float = _f(0.95, help="confidence level of the intervals", gt=0, lt=1)
+    seed: int = _f(0, help="bootstrap seed", ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlotsConfig:
+    formats: tuple[str, ...] = _f(("png", "pdf"), help="figure file formats")
+    dpi: int = _f(150, help="PNG resolution", ge=50, le=600)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    gpus: int = _f(0, help="GPUs per job (0: CPU job)", ge=0)
+    cpus_per_gpu: int = _f(8, help="CPU cores per GPU (GPU jobs)", ge=1)
+    cpus: int = _f(1, help="CPU cores (CPU jobs)", ge=1)
+    mem_mb: int = _f(8000, help="memory per job in MB (doubled on each retry)", ge=100)
+    runtime: int = _f(60, help="time limit in minutes (doubled on each retry)", ge=1)
+
+
+STAGES = ("data", "symbolic_pretrain", "grounding", "sft_direct", "distill", "evaluate", "report")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    run: str = _f(help="name of the run: outputs go to <results_dir>/<run>/")
+    data: DataConfig = _f(help="datasets")
+    backbone: BackboneConfig = _f(help="the base model")
+    symbolic_pretrain: TrainConfig = _f(help="scratch backbones: text-only pretraining (the base)")
+    grounding: TrainConfig = _f(help="MGSD stage 1: image -> state text")
+    sft_direct: TrainConfig = _f(help="baseline: image -> full reply with the optimal plan")
+    distill: DistillConfig = _f(help="MGSD stage 2: on-policy distillation")
+    evaluate: EvaluateConfig = _f(EvaluateConfig(), help="evaluation")
+    tables: TablesConfig = _f(TablesConfig(), help="tables")
+    plots: PlotsConfig = _f(PlotsConfig(), help="figures")
+    resources: dict[str, Resources] = _f({}, help="Slurm / local resources per stage")
+    methods: tuple[str, ...] = _f(METHODS, help="methods to train and evaluate")
+    results_dir: str = _f("results", help="root folder of all runs")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.results_dir) / self.run
+
+
+# ---------------------------------------------------------------- building and checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _build(tp: Any, value: Any, key: str) -> Any:
+    """Convert a YAML value to type `tp`, raising ConfigError that names `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build_dataclass(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _build(inner, value, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_build(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_build(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _build(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {_type_name(tp)} at {key}")  # a bug in this module
+
+
+def _build_dataclass(cls: type, value: Any, key: str) -> Any:
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key or cls.__name__}: expected a mapping, got {value!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        where = f"{key}." if key else ""
+        raise ConfigError(
+            f"unknown key {where}{unknown[0]} (known keys here: {', '.join(sorted(known))})"
+        )
+    kwargs = {}
+    for name, f in known.items():
+        sub = f"{key}.{name}" if key else name
+        if name in value:
+            v = _build(hints[name], value[name], sub)
+        elif f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            continue
+        else:
+            raise ConfigError(f"missing key {sub} ({f.metadata.get('help', '')})")
+        _check_range(v, f.metadata, sub)
+        kwargs[name] = v
+    return cls(**kwargs)
+
+
+def _check_range(v: Any, meta: dict, key: str) -> None:
+    values = v if isinstance(v, tuple) else (v,)
+    for x in values:
+        if not isinstance(x, (int, float)) or isinstance(x, bool):
+            continue
+        if "ge" in meta and x < meta["ge"]:
+            raise ConfigError(f"{key}: {x} is below the minimum {meta['ge']}")
+        if "gt" in meta and x <= meta["gt"]:
+            raise ConfigError(f"{key}: {x} must be greater than {meta['gt']}")
+        if "le" in meta and x > meta["le"]:
+            raise ConfigError(f"{key}: {x} is above the maximum {meta['le']}")
+        if "lt" in meta and x >= meta["lt"]:
+            raise ConfigError(f"{key}: {x} must be less than {meta['lt']}")
+
+
+def check_scratch(s: ScratchConfig, key: str = "backbone.scratch") -> None:
+    """The known traps of a Qwen3-VL config, checked before any model is built."""
+    if s.head_dim % 2:
+        raise ConfigError(f"{key}.head_dim: {s.head_dim} must be even")
+    if sum(s.mrope_section) * 2 != s.head_dim:
+        raise ConfigError(
+            f"{key}.mrope_section: {list(s.mrope_section)} sums to {sum(s.mrope_section)}, "
+            f"must be head_dim/2 = {s.head_dim // 2}"
+        )
+    if s.num_attention_heads % s.num_key_value_heads:
+        raise ConfigError(
+            f"{key}.num_key_value_heads: {s.num_key_value_heads} must divide "
+            f"num_attention_heads = {s.num_attention_heads}"
+        )
+    bad = [i for i in s.deepstack_visual_indexes if not 0 <= i < s.vision_depth]
+    if bad:
+        raise ConfigError(
+            f"{key}.deepstack_visual_indexes: {bad} not below vision_depth = {s.vision_depth}"
+        )
+    if math.isqrt(s.num_position_embeddings) ** 2 != s.num_position_embeddings:
+        raise ConfigError(
+            f"{key}.num_position_embeddings: {s.num_position_embeddings} is not a perfect square"
+        )
+    if s.vision_hidden_size % s.vision_num_heads:
+        raise ConfigError(
+            f"{key}.vision_num_heads: {s.vision_num_heads} must divide vision_hidden_size = "
+            f"{s.vision_hidden_size}"
+        )
+    if len(s.deepstack_visual_indexes) > s.num_hidden_layers:
+        raise ConfigError(
+            f"{key}.deepstack_visual_indexes: {len(s.deepstack_visual_indexes)} indexes but only "
+            f"{s.num_hidden_layers} text layers to add them to"
+        )
+
+
+def _check_config(c: Config) -> None:
+    if not c.run or "/" in c.run or c.run.startswith("."):
+        raise ConfigError(f"run: {c.run!r} must be a plain folder name")
+    for name, p in c.data.puzzles.items():
+        key = f"data.puzzles.{name}"
+        if name not in PUZZLES:
+            raise ConfigError(f"unknown key {key} (puzzles: {', '.join(PUZZLES)})")
+        lo, hi = LEVEL_RANGE[name]
+        if not p.levels:
+            raise ConfigError(f"{key}.levels: give at least one side")
+        for lv in p.levels:
+            if not lo <= lv <= hi:
+                raise ConfigError(f"{key}.levels: side {lv} outside {lo}-{hi}")
+        if p.test_source not in ("generated", BENCHMARK_SOURCES.get(name)):
+            raise ConfigError(
+                f"{key}.test_source: {p.test_source!r} is not available for {name} "
+                f"(generated{', ' + BENCHMARK_SOURCES[name] if name in BENCHMARK_SOURCES else ''})"
+            )
+        if p.test_source != "generated" and not c.data.benchmarks_dir:
+            raise ConfigError(f"{key}.test_source: {p.test_source} needs data.benchmarks_dir")
+        a, b = p.hole_fraction
+        if not 0 <= a <= b < 1:
+            raise ConfigError(f"{key}.hole_fraction: need 0 <= low <= high < 1, got {[a, b]}")
+    if not c.data.puzzles:
+        raise ConfigError("data.puzzles: configure at least one puzzle")
+    for m in c.methods:
+        if m not in METHODS:
+            raise ConfigError(f"methods: unknown method {m!r} (known: {', '.join(METHODS)})")
+    for cond in c.evaluate.conditions:
+        if cond not in CONDITIONS:
+            raise ConfigError(f"evaluate.conditions: unknown condition {cond!r}")
+    for fmt in c.plots.formats:
+        if fmt not in ("png", "pdf", "svg"):
+            raise ConfigError(f"plots.formats: unknown format {fmt!r} (png, pdf, svg)")
+    for stage in c.resources:
+        if stage not in STAGES:
+            raise ConfigError(f"unknown key resources.{stage} (stages: {', '.join(STAGES)})")
+    if c.backbone.source == "scratch":
+        check_scratch(c.backbone.scratch)
+    for stage in ("symbolic_pretrain", "grounding", "sft_direct"):
+        t: TrainConfig = getattr(c, stage)
+        if t.batch_size % t.grad_accum:
+            raise ConfigError(
+                f"{stage}.grad_accum: {t.grad_accum} must divide batch_size = {t.batch_size}"
+            )
+
+
+def load(raw: dict) -> Config:
+    """Validate the merged Snakemake config dict."""
+    cfg = _build_dataclass(Config, raw, "")
+    _check_config(cfg)
+    return cfg
+
+
+def load_file(*paths: str | Path) -> Config:
+    """Load and merge YAML files (later ones overlay earlier ones, as with --configfile)."""
+    merged: dict = {}
+    for p in paths:
+        try:
+            text = Path(p).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {p}: {e.strerror}") from e
+        try:
+            doc = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p} is not valid YAML: {e}") from e
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping")
+        merged = merge(merged, doc)
+    return load(merged)
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Recursive dict update, as Snakemake applies --configfile overlays."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def to_dict(obj: Any) -> Any:
+    """A section as plain JSON-able data."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def section_json(obj: Any) -> str:
+    """Compact, key-sorted JSON of a section: what a rule passes to its CLI (and reruns on)."""
+    return json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":"))
+
+
+def load_section(cls: type, text: str, key: str) -> Any:
+    """Rebuild one section from the JSON a rule passed on the command line (or a file path)."""
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{key}: not valid JSON ({e})") from e
+    return _build(cls, raw, key)
+
+
+def resources(cfg: Config, stage: str) -> Resources:
+    return cfg.resources.get(stage, Resources())
