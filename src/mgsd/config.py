@@ -53,7 +53,8 @@ class PuzzleData:
     val_per_level: int = _f(help="validation instances per side", ge=1)
     test_per_level: int = _f(help="test instances per side (generated test sets)", ge=1)
     test_source: Literal["generated", "vsp", "vprl"] = _f(
-        "generated", help="generated, or the public benchmark: vsp (frozenlake), vprl (minibehaviour)"
+        "generated",
+        help="generated, or the public benchmark: vsp (frozenlake), vprl (minibehaviour)",
     )
     hole_fraction: tuple[float, float] = _f(
         (0.14, 0.19), help="frozenlake only: range of the fraction of cells that are holes"
@@ -64,7 +65,9 @@ class PuzzleData:
 class Seeds:
     train: int = _f(1, help="seed of the training split", ge=0)
     val: int = _f(2, help="seed of the validation split", ge=0)
-    test: int = _f(3, help="seed of generated test splits (reserved: never used for training)", ge=0)
+    test: int = _f(
+        3, help="seed of generated test splits (reserved: never used for training)", ge=0
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,7 +75,8 @@ class DataConfig:
     puzzles: dict[str, PuzzleData] = _f(help="per puzzle: sides, split sizes, test source")
     image_size: int = _f(256, help="side in pixels of every picture the model sees", ge=32, le=2048)
     benchmarks_dir: str | None = _f(
-        None, help="folder with vsp_frozenlake/ and vprl_minibehaviour/ (needed by benchmark test sources)"
+        None,
+        help="folder with vsp_frozenlake/ and vprl_minibehaviour/ (needed by benchmark test sources)",
     )
     seeds: Seeds = _f(Seeds(), help="split seeds")
 
@@ -103,16 +107,21 @@ class ScratchConfig:
     deepstack_visual_indexes: tuple[int, ...] = _f(
         (1,), help="vision blocks whose features are added to the first text layers"
     )
-    num_position_embeddings: int = _f(256, help="learned vision position embeddings (a square)", ge=1)
+    num_position_embeddings: int = _f(
+        256, help="learned vision position embeddings (a square)", ge=1
+    )
     seed: int = _f(0, help="seed of the random initial weights", ge=0)
 
 
 @dataclass(frozen=True, kw_only=True)
 class BackboneConfig:
     source: Literal["scratch", "pretrained"] = _f(
-        "scratch", help="scratch: random Qwen3-VL weights of the sizes below; pretrained: a hub id or path"
+        "scratch",
+        help="scratch: random Qwen3-VL weights of the sizes below; pretrained: a hub id or path",
     )
-    pretrained: str = _f("Qwen/Qwen3-VL-4B-Instruct", help="hub id or local folder (source: pretrained)")
+    pretrained: str = _f(
+        "Qwen/Qwen3-VL-4B-Instruct", help="hub id or local folder (source: pretrained)"
+    )
     prompt_style: Literal["compact", "instruct"] = _f(
         "compact", help="compact prompts for scratch models, full instructions for instruct models"
     )
@@ -144,7 +153,9 @@ class TrainConfig:
     warmup_ratio: float = _f(0.1, help="share of steps with linear warmup", ge=0, le=1)
     weight_decay: float = _f(0.0, help="AdamW weight decay", ge=0)
     grad_clip: float = _f(1.0, help="gradient norm clip (0: off)", ge=0)
-    finetune: Literal["full", "lora"] = _f("full", help="full fine-tuning or LoRA (merged at the end)")
+    finetune: Literal["full", "lora"] = _f(
+        "full", help="full fine-tuning or LoRA (merged at the end)"
+    )
     lora: LoraConfig = _f(LoraConfig(), help="LoRA settings (finetune: lora)")
     train_vision: bool = _f(True, help="train the vision tower too")
     eval_every: int = _f(0, help="validation every K steps (0: only at the end)", ge=0)
@@ -172,7 +183,9 @@ class DistillConfig:
     clip_eps: float = _f(0.2, help="PPO clip of the importance ratio", gt=0)
     train_vision: bool = _f(True, help="train the vision tower too")
     teacher_offload: bool = _f(False, help="keep the teacher on the CPU between steps")
-    reward_weight: float = _f(0.0, help="weight of the task reward in the advantage (0: logged only)", ge=0)
+    reward_weight: float = _f(
+        0.0, help="weight of the task reward in the advantage (0: logged only)", ge=0
+    )
     eval_every: int = _f(0, help="greedy validation every K steps (0: only at the end)", ge=0)
     val_instances: int = _f(16, help="validation instances for greedy success", ge=0)
     checkpoint_every: int = _f(50, help="resumable checkpoint every K steps (0: never)", ge=0)
@@ -185,11 +198,17 @@ class DistillConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluateConfig:
-    conditions: tuple[str, ...] = _f(CONDITIONS, help="input conditions: image, text, image_oracle_state")
+    conditions: tuple[str, ...] = _f(
+        CONDITIONS, help="input conditions: image, text, image_oracle_state"
+    )
     max_new_tokens: int = _f(512, help="generation budget per reply", ge=1)
     batch_size: int = _f(32, help="replies generated together", ge=1)
-    offgrid: Literal["fail", "stay"] = _f("fail", help="a move off the grid fails (paper) or stays put")
-    limit_per_level: int = _f(0, help="evaluate at most this many test instances per side (0: all)", ge=0)
+    offgrid: Literal["fail", "stay"] = _f(
+        "fail", help="a move off the grid fails (paper) or stays put"
+    )
+    limit_per_level: int = _f(
+        0, help="evaluate at most this many test instances per side (0: all)", ge=0
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,7 +286,9 @@ def _build(tp: Any, value: Any, key: str) -> Any:
             return tuple(_build(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-        return tuple(_build(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+        return tuple(
+            _build(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True))
+        )
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -399,6 +420,11 @@ def _check_config(c: Config) -> None:
     for cond in c.evaluate.conditions:
         if cond not in CONDITIONS:
             raise ConfigError(f"evaluate.conditions: unknown condition {cond!r}")
+    if "symbolic" in c.methods and "text" not in c.evaluate.conditions:
+        raise ConfigError(
+            "evaluate.conditions: the symbolic method is the base model under the text "
+            "condition; add text or drop symbolic from methods"
+        )
     for fmt in c.plots.formats:
         if fmt not in ("png", "pdf", "svg"):
             raise ConfigError(f"plots.formats: unknown format {fmt!r} (png, pdf, svg)")

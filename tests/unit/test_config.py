@@ -1,0 +1,100 @@
+"""The configuration is validated before any job runs, with errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mgsd import config as C
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT = REPO / "pipeline_config.yaml"
+
+
+def _raw(**over):
+    return C.merge(yaml.safe_load(DEFAULT.read_text()), over)
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "presets").glob("*.yaml")), ids=lambda p: p.stem)
+def test_default_and_presets_load(preset):
+    cfg = C.load_file(DEFAULT, preset)
+    assert cfg.run and cfg.data.puzzles
+
+
+def test_default_loads_with_every_method():
+    cfg = C.load_file(DEFAULT)
+    assert set(cfg.methods) == set(C.METHODS)
+    assert cfg.root == Path("results") / "default"
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"grounding": {"lrr": 1}}, "unknown key grounding.lrr"),
+        ({"data": {"puzzles": {"maze": {"levelz": [3]}}}}, "unknown key data.puzzles.maze.levelz"),
+        ({"data": {"puzzles": {"sokoban": {"levels": [3]}}}}, "data.puzzles.sokoban"),
+        ({"grounding": {"lr": "fast"}}, "grounding.lr: expected a number"),
+        ({"distill": {"steps": 2.5}}, "distill.steps: expected an integer"),
+        ({"evaluate": {"batch_size": 0}}, "evaluate.batch_size: 0 is below the minimum 1"),
+        ({"evaluate": {"offgrid": "wrap"}}, "evaluate.offgrid"),
+        ({"sft_direct": {"finetune": "half"}}, "sft_direct.finetune"),
+        ({"methods": ["mgsd", "magic"]}, "methods: unknown method 'magic'"),
+        ({"evaluate": {"conditions": ["image", "audio"]}}, "unknown condition 'audio'"),
+        ({"data": {"puzzles": {"maze": {"levels": [40]}}}}, "data.puzzles.maze.levels: side 40"),
+        ({"data": {"puzzles": {"maze": {"test_source": "vsp"}}}}, "data.puzzles.maze.test_source"),
+        (
+            {"data": {"puzzles": {"frozenlake": {"test_source": "vsp"}}}},
+            "needs data.benchmarks_dir",
+        ),
+        ({"data": {"puzzles": {"frozenlake": {"hole_fraction": [0.3, 0.1]}}}}, "hole_fraction"),
+        ({"resources": {"trainn": {"gpus": 1}}}, "unknown key resources.trainn"),
+        ({"grounding": {"batch_size": 10, "grad_accum": 3}}, "grounding.grad_accum"),
+        ({"run": "a/b"}, "run:"),
+    ],
+)
+def test_bad_values_name_the_key(over, message):
+    with pytest.raises(C.ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        C.load(_raw(**over))
+
+
+def test_missing_key_is_named():
+    raw = _raw()
+    del raw["distill"]["lr"]
+    with pytest.raises(C.ConfigError, match="missing key distill.lr"):
+        C.load(raw)
+
+
+@pytest.mark.parametrize(
+    "scratch, field",
+    [
+        ({"mrope_section": [4, 4, 4]}, "mrope_section"),
+        ({"deepstack_visual_indexes": [5]}, "deepstack_visual_indexes"),
+        ({"num_position_embeddings": 15}, "num_position_embeddings"),
+        ({"num_key_value_heads": 3}, "num_key_value_heads"),
+        ({"vision_num_heads": 3}, "vision_num_heads"),
+    ],
+)
+def test_scratch_traps_name_the_field(scratch, field):
+    with pytest.raises(C.ConfigError, match=f"backbone.scratch.{field}"):
+        C.load(_raw(backbone={"scratch": scratch}))
+
+
+def test_sections_round_trip_through_json():
+    cfg = C.load_file(DEFAULT)
+    for name, cls in [
+        ("grounding", C.TrainConfig),
+        ("distill", C.DistillConfig),
+        ("evaluate", C.EvaluateConfig),
+        ("tables", C.TablesConfig),
+    ]:
+        section = getattr(cfg, name)
+        assert C.load_section(cls, C.section_json(section), name) == section
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    with pytest.raises(C.ConfigError, match="cannot read config file"):
+        C.load_file(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(C.ConfigError, match="not valid YAML"):
+        C.load_file(bad)

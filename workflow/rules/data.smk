@@ -1,0 +1,25 @@
+# Datasets: one Parquet file per (puzzle, split); see src/mgsd/data/generate.py. The order of
+# the splits (which one excludes which) is in mgsd.workflow.data_excludes.
+
+
+rule data_split:
+    input:
+        exclude=lambda wc: data_excludes(CFG, wc.puzzle, wc.split),
+    output:
+        f"{ROOT}/data/{{puzzle}}/{{split}}.parquet",
+    wildcard_constraints:
+        split="train|val|test",
+    params:
+        p=lambda wc: data_params(CFG, wc.puzzle, wc.split),
+    log:
+        f"{ROOT}/logs/data/{{puzzle}}_{{split}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/data/{{puzzle}}_{{split}}.tsv"
+    resources:
+        **cpu_resources(CFG, "data"),
+    conda:
+        "../../envs/mgsd.yaml"
+    shell:
+        "mgsd generate --puzzle {wildcards.puzzle:q} --split {wildcards.split}"
+        " {params.p[options]} --exclude {input.exclude:q} --out {output:q} --no-progress"
+        " > {log:q} 2>&1"

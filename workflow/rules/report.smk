@@ -1,0 +1,52 @@
+# Tables, figures and the HTML report: functions of the evaluation records and training logs only.
+
+
+rule tables:
+    input:
+        eval_files(CFG),
+    output:
+        [
+            report(f, category="Tables", caption="../report/tables.rst")
+            for f in report_files(CFG)
+            if "/tables/" in f
+        ],
+    params:
+        cfg=lambda wc: section_json(CFG.tables),
+        out=lambda wc, output: os.path.dirname(output[0]),
+    log:
+        f"{ROOT}/logs/report/tables.log",
+    benchmark:
+        f"{ROOT}/benchmarks/report/tables.tsv"
+    resources:
+        **cpu_resources(CFG, "report"),
+    conda:
+        "../../envs/mgsd.yaml"
+    shell:
+        "mgsd tables --records {input:q} --config {params.cfg:q} --out {params.out:q}"
+        " > {log:q} 2>&1"
+
+
+rule plots:
+    input:
+        records=eval_files(CFG),
+        logs=train_logs(CFG),
+    output:
+        [
+            report(f, category="Figures", caption="../report/figures.rst")
+            for f in report_files(CFG)
+            if "/figures/" in f
+        ],
+    params:
+        cfg=lambda wc: section_json(CFG.plots),
+        out=lambda wc, output: os.path.dirname(output[0]),
+    log:
+        f"{ROOT}/logs/report/plots.log",
+    benchmark:
+        f"{ROOT}/benchmarks/report/plots.tsv"
+    resources:
+        **cpu_resources(CFG, "report"),
+    conda:
+        "../../envs/mgsd.yaml"
+    shell:
+        "mgsd plots --records {input.records:q} --train-logs {input.logs:q}"
+        " --config {params.cfg:q} --out {params.out:q} > {log:q} 2>&1"
