@@ -57,7 +57,9 @@ class PuzzleData:
         help="generated, or the public benchmark: vsp (frozenlake), vprl (minibehaviour)",
     )
     hole_fraction: tuple[float, float] = _f(
-        (0.14, 0.19), help="frozenlake only: range of the fraction of cells that are holes"
+        (0.2, 0.2),
+        help="frozenlake only: range of the per-map probability that a cell other than start "
+        "and goal is a hole (0.2 gives VSP's realised 14-19% holes)",
     )
 
 
