@@ -109,3 +109,18 @@ def test_data_rules_run_and_test_seed_change_reruns_only_test_sets(tmp_path):
         snakemake(tmp_path, "-n", "data", "--configfile", str(SMOKE), str(new_seed))
     )
     assert jobs == {"data_split": 3, "data": 1}, jobs
+
+
+def test_benchmark_test_sets_come_first_and_are_excluded_from_training(tmp_path, benchmarks_dir):
+    bench = overlay(tmp_path, "bench.yaml", {"data": {
+        "benchmarks_dir": str(benchmarks_dir),
+        "puzzles": {"frozenlake": {"test_source": "vsp"}, "minibehaviour": {"test_source": "vprl"}},
+    }})
+    out = snakemake(tmp_path, "-n", "-p", "data", "--configfile", str(SMOKE), str(bench)).stdout
+    commands = [line for line in out.splitlines() if "mgsd generate" in line]
+    fl_train = next(c for c in commands if "frozenlake --split train" in c)
+    assert "frozenlake/test.parquet" in fl_train
+    fl_test = next(c for c in commands if "frozenlake --split test" in c)
+    assert "--source vsp" in fl_test and "--seed" not in fl_test and "--exclude  --out" in fl_test
+    mz_test = next(c for c in commands if "maze --split test" in c)
+    assert "maze/train.parquet" in mz_test and "maze/val.parquet" in mz_test

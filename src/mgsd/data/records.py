@@ -75,6 +75,7 @@ def write_table(rows: Iterable[dict], schema: pa.Schema, path: str | Path) -> Pa
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; records are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,393 @@
+"""`mgsd tables`: the paper's tables from evaluation records (pandas only, never torch).
+
+    mgsd tables --records results/R/eval/*/*/*.parquet --config '{"bootstrap": 1000}' \\
+        --out results/R/tables
+
+Writes <out>/<name>.csv, .md and .tex for every name in `TABLES` (`table_files()` lists them),
+plus tables_config.json (the section used):
+
+- main: methods x puzzles, SR / EM / PR and their macro average over puzzles, image input; the
+  `symbolic` row is `base` given the text state (the symbolic upper bound).
+- per_level: the same per puzzle and side N.
+- ablations: mgsd, its ablations and opd_only, with paired deltas to mgsd.
+- modality_gap: per method SR under image, image_oracle_state and text; perception gap =
+  oracle - image, remaining gap = text - oracle.
+- perception: per method and puzzle, state recovery accuracy per field and all-correct (image).
+- errors: failures split into perception and planning errors (`mgsd.eval.metrics`), image input.
+
+CSV files are tidy: one row per (method, puzzle[, side]), rates in percent, each CI bound in its
+own column (`sr`, `sr_lo`, `sr_hi`, ...). The md and tex files show each value as
+"mean [low, high]", the percentile-bootstrap interval at the configured confidence. Deltas and
+gaps are paired: per-instance differences on the test instances both sides share, bootstrapped
+like any mean. A table with no rows is still written (header only) with a note saying what is
+missing. Rows follow the fixed method order of `mgsd.config.METHODS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from mgsd.config import TablesConfig, load_section, section_json
+from mgsd.eval import metrics
+from mgsd.eval.metrics import METRICS
+from mgsd.report.style import NA, Table, atomic_write_text, pct, pct_ci, write_table
+
+TABLES = ("main", "per_level", "ablations", "modality_gap", "perception", "errors")
+FORMATS = ("csv", "md", "tex")
+ABLATIONS = ("mgsd", "mgsd_no_plan", "mgsd_full_kl", "mgsd_teacher_grounded", "opd_only")
+GAPS = {
+    "perception_gap": ("image_oracle_state", "image"),
+    "remaining_gap": ("text", "image_oracle_state"),
+}
+CONDITIONS = ("image", "image_oracle_state", "text")  # modality_gap column order
+MACRO = "macro"
+SHORT = {"success": "sr", "exact_match": "em", "progress_rate": "pr", "parsed": "parse"}
+LABEL = {"success": "SR", "exact_match": "EM", "progress_rate": "PR"}
+NO_IMAGE = "no image records: no method was evaluated under the image condition"
+
+
+def table_files() -> list[str]:
+    """The file names `main` writes into --out (what the Snakefile declares)."""
+    return [f"{name}.{fmt}" for name in TABLES for fmt in FORMATS]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _ci(cfg: TablesConfig) -> dict:
+    return {"bootstrap": cfg.bootstrap, "confidence": cfg.confidence, "seed": cfg.seed}
+
+
+def _caption(cfg: TablesConfig, what: str) -> str:
+    return (
+        f"{what} Values in percent; brackets: {100 * cfg.confidence:g}% percentile-bootstrap "
+        f"interval ({cfg.bootstrap} resamples); macro = unweighted mean over puzzles."
+    )
+
+
+def _per_and_macro(
+    df: pd.DataFrame, by: list[str], cfg: TablesConfig, columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Per (by, puzzle) rows and (by, puzzle="macro") rows: `summarize` / `macro` of records,
+    or, given `columns`, the plain means (with CIs) of those columns, e.g. paired differences."""
+    if columns is None:
+        per = metrics.summarize(df, [*by, "puzzle"], **_ci(cfg))
+        mac = metrics.macro(df, by, **_ci(cfg))
+    else:
+        per = metrics.mean_table(df, columns, [*by, "puzzle"], **_ci(cfg))
+        mac = metrics.mean_table(df, columns, by, over_puzzles=True, **_ci(cfg))
+    return pd.concat([per, mac.assign(puzzle=MACRO)], ignore_index=True) if len(mac) else per
+
+
+def _tidy(stats: pd.DataFrame, keys: Sequence[str], cols: Sequence[str]) -> pd.DataFrame:
+    """The csv: keys, n, and each rate column (and its CI bounds) in percent, short names."""
+    out = stats[[*keys, "n"]].copy()
+    for c in cols:
+        short = "d_" + SHORT[c[2:]] if c.startswith("d_") else SHORT.get(c, c)
+        for suffix in ("", "_lo", "_hi"):
+            if f"{c}{suffix}" in stats:
+                out[f"{short}{suffix}"] = 100 * stats[f"{c}{suffix}"].astype(float)
+    return out
+
+
+def _lookup(stats: pd.DataFrame, keys: Sequence[str]) -> dict[tuple, pd.Series]:
+    return {tuple(r[k] for k in keys): r for _, r in stats.iterrows()}
+
+
+def _cell(row: pd.Series | None, col: str, signed: bool = False) -> str:
+    if row is None or col not in row:
+        return NA
+    return pct_ci(row[col], row.get(f"{col}_lo"), row.get(f"{col}_hi"), signed=signed)
+
+
+def _unique(df: pd.DataFrame, col: str) -> list:
+    return list(dict.fromkeys(metrics.order(df, [col])[col])) if len(df) else []
+
+
+def _short_macros(stats: pd.DataFrame, key: str) -> list[str]:
+    """Notes for groups whose macro average covers fewer puzzles than others."""
+    mac = stats[stats["puzzle"] == MACRO]
+    if mac.empty:
+        return []
+    full = int(mac["n_puzzles"].max())
+    return [
+        f"macro of {r[key]} averages only {int(r['n_puzzles'])} of {full} puzzles"
+        for _, r in mac[mac["n_puzzles"] < full].iterrows()
+    ]
+
+
+# ---------------------------------------------------------------- the tables
+
+
+def main_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
+    recs = metrics.main_records(df)
+    stats = _per_and_macro(recs, ["method"], cfg)
+    puzzles = _unique(recs, "puzzle") + ([MACRO] if len(recs) else [])
+    at = _lookup(stats, ["method", "puzzle"])
+    rows = [
+        [m] + [_cell(at.get((m, p)), c) for p in puzzles for c in METRICS]
+        for m in _unique(stats, "method")
+    ]
+    notes = [] if len(metrics.image_records(df)) else [NO_IMAGE]
+    if len(recs) and "symbolic" not in set(recs["method"]):
+        notes.append("no symbolic row: base was not evaluated under the text condition")
+    return Table(
+        "Main results",
+        _caption(
+            cfg,
+            "Success (SR), exact match (EM), progress rate (PR); image input, "
+            "symbolic = base given the text state.",
+        ),
+        _tidy(stats, ["method", "puzzle"], (*METRICS, "parsed")),
+        [("", "method")] + [(p, LABEL[c]) for p in puzzles for c in METRICS],
+        rows,
+        notes + _short_macros(stats, "method"),
+    )
+
+
+def per_level_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
+    keys = ["puzzle", "level", "method"]
+    stats = metrics.order(metrics.summarize(metrics.main_records(df), keys, **_ci(cfg)), keys)
+    rows = [
+        [r["puzzle"], str(r["level"]), r["method"], str(r["n"])] + [_cell(r, c) for c in METRICS]
+        for _, r in stats.iterrows()
+    ]
+    return Table(
+        "Results per side",
+        _caption(
+            cfg,
+            "SR / EM / PR per puzzle and grid side N; image input, symbolic = base "
+            "given the text state.",
+        ),
+        _tidy(stats, keys, (*METRICS, "parsed")),
+        [("", "puzzle"), ("", "N"), ("", "method"), ("", "n")] + [("", LABEL[c]) for c in METRICS],
+        rows,
+        [] if len(metrics.image_records(df)) else [NO_IMAGE],
+        keys=4,
+    )
+
+
+def ablations_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
+    image = metrics.image_records(df)
+    recs = image[image["method"].isin(ABLATIONS)]
+    present = [m for m in ABLATIONS if m in set(recs["method"])]
+    stats = _per_and_macro(recs, ["method"], cfg)
+    notes = []
+    if missing := [m for m in ABLATIONS if m not in present]:
+        notes.append(f"missing (no image records): {', '.join(missing)}")
+    if present and "mgsd" not in present:
+        notes.append("no mgsd records: no deltas to mgsd")
+    deltas = []
+    ref = recs[recs["method"] == "mgsd"]
+    for m in present[1:] if "mgsd" in present else []:
+        mine = recs[recs["method"] == m]
+        diff = metrics.paired_difference(mine, ref, METRICS)
+        if len(diff) < max(len(mine), len(ref)):
+            notes.append(f"{m}: deltas use the {len(diff)} instances it shares with mgsd")
+        if len(diff):
+            deltas.append(_per_and_macro(diff, [], cfg, METRICS).assign(method=m))
+    if deltas:
+        delta = pd.concat(deltas, ignore_index=True).drop(columns=["n", "n_puzzles"])
+        delta = delta.rename(columns=lambda k: k if k in ("method", "puzzle") else f"d_{k}")
+        stats = stats.merge(delta, on=["method", "puzzle"], how="left")
+    # mgsd first: it is the reference of the deltas
+    stats = stats.sort_values("method", key=lambda s: s.map(ABLATIONS.index), kind="stable")
+    puzzles = _unique(recs, "puzzle")
+    at = _lookup(stats, ["method", "puzzle"])
+    rows = [
+        [m]
+        + [_cell(at.get((m, p)), "success") for p in puzzles]
+        + [_cell(at.get((m, MACRO)), c) for c in METRICS]
+        + [_cell(at.get((m, MACRO)), f"d_{c}", signed=True) for c in METRICS]
+        for m in present
+    ]
+    return Table(
+        "Ablations",
+        _caption(
+            cfg,
+            "SR per puzzle, macro SR / EM / PR and the paired difference to mgsd "
+            "(on the same test instances); image input.",
+        ),
+        _tidy(stats, ["method", "puzzle"], (*METRICS, "parsed", *(f"d_{c}" for c in METRICS))),
+        [("", "method")]
+        + [(p, "SR") for p in puzzles]
+        + [(MACRO, LABEL[c]) for c in METRICS]
+        + [("Δ to mgsd (macro)", LABEL[c]) for c in METRICS],
+        rows,
+        notes + _short_macros(stats, "method"),
+    )
+
+
+def _by_condition(df: pd.DataFrame, cfg: TablesConfig) -> pd.DataFrame:
+    """One row per (method, puzzle or macro): n and SR with its CI under each condition."""
+    stats = _per_and_macro(df, ["method", "condition"], cfg)
+    if stats.empty:
+        return pd.DataFrame(columns=["method", "puzzle"])
+    values = ["n", "success", "success_lo", "success_hi"]
+    wide = stats.pivot(index=["method", "puzzle"], columns="condition", values=values)
+    wide.columns = [  # success_lo under image -> success_image_lo, as `_cell` reads it
+        f"n_{c}" if v == "n" else v.replace("success", f"success_{c}") for v, c in wide.columns
+    ]
+    return wide.reset_index()
+
+
+def _gaps(df: pd.DataFrame, cfg: TablesConfig, gap: str) -> pd.DataFrame:
+    """One row per (method, puzzle or macro): the paired SR difference `gap` and its CI."""
+    hi, lo = GAPS[gap]
+    frames = [pd.DataFrame(columns=["method", "puzzle"])]
+    for m in _unique(df, "method"):
+        mine = df[df["method"] == m]
+        diff = metrics.paired_difference(
+            mine[mine["condition"] == hi], mine[mine["condition"] == lo], ["success"]
+        )
+        if len(diff):
+            frames.append(_per_and_macro(diff, [], cfg, ["success"]).assign(method=m))
+    cols = ["method", "puzzle", "success", "success_lo", "success_hi"]
+    out = pd.concat(frames, ignore_index=True).reindex(columns=cols)
+    return out.rename(columns=lambda k: k.replace("success", gap))
+
+
+def modality_gap_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
+    cols = ["method", "puzzle"]
+    for cond in CONDITIONS:
+        cols += [f"n_{cond}", f"success_{cond}", f"success_{cond}_lo", f"success_{cond}_hi"]
+    for gap in GAPS:
+        cols += [gap, f"{gap}_lo", f"{gap}_hi"]
+    wide = _by_condition(df, cfg)
+    for gap in GAPS:
+        wide = wide.merge(_gaps(df, cfg, gap), on=["method", "puzzle"], how="left")
+    notes = []
+    for m in _unique(df, "method"):
+        have = set(df.loc[df["method"] == m, "condition"])
+        if missing := [c for c in CONDITIONS if c not in have]:
+            notes.append(f"{m}: no {', '.join(missing)} records")
+    stats = metrics.order(wide.reindex(columns=cols), ["method", "puzzle"])
+    data = stats.copy()
+    counts = [f"n_{c}" for c in CONDITIONS]
+    rates = [c for c in cols[2:] if c not in counts]
+    data[rates] = 100 * data[rates].astype(float)
+    data[counts] = data[counts].astype("Int64")  # NaN-able: a method may lack a condition
+    data = data.rename(columns=lambda k: k.replace("success_", "sr_"))
+    rows = [
+        [r["method"], r["puzzle"]]
+        + [_cell(r, f"success_{c}") for c in CONDITIONS]
+        + [_cell(r, gap, signed=True) for gap in GAPS]
+        for _, r in stats.iterrows()
+    ]
+    return Table(
+        "Modality gap",
+        _caption(
+            cfg,
+            "SR under image, image + oracle state and text input; perception gap = "
+            "oracle - image, remaining gap = text - oracle (paired on the same instances).",
+        ),
+        data,
+        [
+            ("", "method"),
+            ("", "puzzle"),
+            ("SR", "image"),
+            ("SR", "image + oracle state"),
+            ("SR", "text"),
+            ("gap", "perception"),
+            ("gap", "remaining"),
+        ],
+        rows,
+        notes or ([] if len(stats) else ["no records"]),
+        keys=2,
+    )
+
+
+def perception_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
+    stats = metrics.perception(metrics.image_records(df), ["method", "puzzle"])
+    fields = [c for c in stats.columns if c.startswith("field/")]
+    rates = ["state_parsed", *fields, "state_correct"]
+    data = stats.copy()
+    data[rates] = 100 * data[rates].astype(float)
+    rows = [
+        [r["method"], r["puzzle"], str(r["n"])] + [pct(r[c]) for c in rates]
+        for _, r in stats.iterrows()
+    ]
+    return Table(
+        "Perception",
+        "Share of test instances (percent, image input) whose stated state was readable, whose "
+        "stated value of each field is right (unstated = wrong), and whose whole state is right.",
+        data,
+        [("", "method"), ("", "puzzle"), ("", "n"), ("", "state read")]
+        + [("field", f.removeprefix("field/")) for f in fields]
+        + [("", "all correct")],
+        rows,
+        [] if len(stats) else [NO_IMAGE],
+        keys=3,
+    )
+
+
+def errors_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
+    stats = metrics.error_decomposition(metrics.image_records(df), ["method", "puzzle"])
+    data = stats.copy()
+    shares = [c for c in stats.columns if c.endswith(("_share", "_rate"))]
+    data[shares] = 100 * data[shares].astype(float)
+    rows = [
+        [r["method"], r["puzzle"], str(r["n"]), f"{r['failures']} ({pct(r['failures'] / r['n'])})"]
+        + [f"{r[f'{k}_errors']} ({pct(r[f'{k}_share'])})" for k in ("perception", "planning")]
+        for _, r in stats.iterrows()
+    ]
+    return Table(
+        "Error decomposition",
+        "Failures (count and percent of the instances) split into perception errors (the stated "
+        "state is wrong or unreadable) and planning errors (right state, failed plan), each with "
+        "its percent of the failures; image input.",
+        data,
+        [
+            ("", "method"),
+            ("", "puzzle"),
+            ("", "n"),
+            ("", "failures"),
+            ("errors", "perception"),
+            ("errors", "planning"),
+        ],
+        rows,
+        [] if len(stats) else [NO_IMAGE],
+        keys=3,
+    )
+
+
+BUILDERS = {
+    "main": main_table,
+    "per_level": per_level_table,
+    "ablations": ablations_table,
+    "modality_gap": modality_gap_table,
+    "perception": perception_table,
+    "errors": errors_table,
+}
+
+
+def build_tables(df: pd.DataFrame, cfg: TablesConfig) -> dict[str, Table]:
+    return {name: BUILDERS[name](df, cfg) for name in TABLES}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mgsd tables", description=__doc__.splitlines()[0])
+    ap.add_argument("--records", nargs="+", required=True, help="evaluation record Parquet files")
+    ap.add_argument("--config", default="{}", help="JSON of the tables config section (or @FILE)")
+    ap.add_argument("--out", required=True, help="folder for the tables")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_section(TablesConfig, args.config, "tables")
+        df = metrics.load_records(args.records)
+    except ValueError as e:  # ConfigError and RecordError: the message names the key or file
+        print(f"mgsd tables: {e}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    for name, table in build_tables(df, cfg).items():
+        write_table(table, out, name)
+    atomic_write_text(out / "tables_config.json", section_json(cfg) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""`mgsd tables` on hand-made records: golden values, every declared file, notes for missing
+rows, error messages, and the LaTeX rendering."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mgsd.data.records import EVAL_SCHEMA, write_eval
+from mgsd.report import tables
+from mgsd.report.style import Table, to_latex, to_markdown
+
+CONFIG = json.dumps({"bootstrap": 50, "confidence": 0.95, "seed": 0})
+
+
+def rec(rid, puzzle, method, condition="image", level=3, success=False, **kw):
+    row = {
+        "id": rid, "puzzle": puzzle, "level": level, "method": method, "condition": condition,
+        "prompt": "p", "reply": "r", "actions": "", "success": success,
+        "exact_match": success, "progress_rate": 1.0 if success else 0.0, "parsed": True,
+        "illegal_kind": "", "state_parsed": True, "state_correct": True,
+        "state_fields": json.dumps({"level": True}), "reply_tokens": 3, "seconds": 0.1,
+    }  # fmt: skip
+    row.update(kw)
+    return row
+
+
+def hand_made() -> dict[str, list[dict]]:
+    """frozenlake: 4 instances (a, b at side 3; c, d at side 4); maze: 2 (m, n)."""
+    mgsd_fl = [
+        rec("a", "frozenlake", "mgsd", success=True),
+        rec("b", "frozenlake", "mgsd", success=True, exact_match=False, progress_rate=0.5),
+        rec("c", "frozenlake", "mgsd", level=4, progress_rate=0.25, state_correct=False),
+        rec("d", "frozenlake", "mgsd", level=4, parsed=False),
+    ]  # SR 50, EM 25, PR 43.75; failures: c perception, d planning
+    files = {"mgsd/frozenlake/image": mgsd_fl}
+    files["mgsd/maze/image"] = [rec(i, "maze", "mgsd", success=True) for i in "mn"]
+    for cond in ("image_oracle_state", "text"):
+        for puzzle, ids in (("frozenlake", "abcd"), ("maze", "mn")):
+            files[f"mgsd/{puzzle}/{cond}"] = [
+                rec(i, puzzle, "mgsd", cond, success=True) for i in ids
+            ]
+    files["base/frozenlake/image"] = [rec(i, "frozenlake", "base") for i in "abcd"]
+    files["base/maze/image"] = [rec("m", "maze", "base", success=True), rec("n", "maze", "base")]
+    files["base/frozenlake/text"] = [
+        rec(i, "frozenlake", "base", "text", success=True) for i in "abcd"
+    ]
+    files["base/maze/text"] = [rec(i, "maze", "base", "text", success=True) for i in "mn"]
+    files["opd_only/frozenlake/image"] = [
+        rec(i, "frozenlake", "opd_only", success=i == "c") for i in "abcd"
+    ]  # vs mgsd per instance: -1, -1, +1, 0 -> -25
+    files["opd_only/maze/image"] = [rec(i, "maze", "opd_only") for i in "mn"]  # -100
+    return files
+
+
+def write(tmp_path, files) -> list[str]:
+    return [str(write_eval(rows, tmp_path / "eval" / f"{k}.parquet")) for k, rows in files.items()]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tables")
+    paths = write(tmp, hand_made())
+    assert tables.main(["--records", *paths, "--config", CONFIG, "--out", str(tmp / "t")]) == 0
+    return tmp / "t"
+
+
+def csv(out, name) -> pd.DataFrame:
+    return pd.read_csv(out / f"{name}.csv")
+
+
+def row(df, **keys) -> pd.Series:
+    sel = df
+    for k, v in keys.items():
+        sel = sel[sel[k] == v]
+    assert len(sel) == 1, keys
+    return sel.iloc[0]
+
+
+def test_every_declared_file_is_written(out):
+    assert len(tables.table_files()) == len(tables.TABLES) * 3
+    for name in tables.table_files():
+        assert (out / name).stat().st_size > 0, name
+    assert json.loads((out / "tables_config.json").read_text())["bootstrap"] == 50
+
+
+def test_main_golden(out):
+    main = csv(out, "main")
+    r = row(main, method="mgsd", puzzle="frozenlake")
+    assert (r["n"], r["sr"], r["em"], r["pr"]) == (4, 50.0, 25.0, 43.75)
+    mac = row(main, method="mgsd", puzzle="macro")
+    assert (mac["sr"], mac["em"], mac["pr"]) == (75.0, 62.5, 71.875)
+    sym = row(main, method="symbolic", puzzle="macro")
+    assert (sym["sr"], sym["sr_lo"], sym["sr_hi"]) == (100.0, 100.0, 100.0)
+    base = row(main, method="base", puzzle="frozenlake")
+    assert (base["sr"], base["sr_lo"], base["sr_hi"]) == (0.0, 0.0, 0.0)
+    assert list(dict.fromkeys(main["method"])) == ["base", "symbolic", "opd_only", "mgsd"]
+    md = (out / "main.md").read_text()
+    sym_line = next(line for line in md.splitlines() if line.startswith("| symbolic"))
+    assert sym_line.count("100.0 [100.0, 100.0]") == 9  # SR, EM, PR of 2 puzzles and macro
+    assert "| base | 0.0 [0.0, 0.0] |" in md
+    assert "Note:" not in md
+
+
+def test_per_level(out):
+    per = csv(out, "per_level")
+    assert row(per, puzzle="frozenlake", level=3, method="mgsd")["sr"] == 100.0
+    assert row(per, puzzle="frozenlake", level=4, method="mgsd")["sr"] == 0.0
+
+
+def test_ablations_deltas_and_missing_note(out):
+    ab = csv(out, "ablations")
+    assert list(dict.fromkeys(ab["method"])) == ["mgsd", "opd_only"]  # mgsd first: the reference
+    assert row(ab, method="opd_only", puzzle="frozenlake")["d_sr"] == -25.0
+    assert row(ab, method="opd_only", puzzle="maze")["d_sr"] == -100.0
+    assert row(ab, method="opd_only", puzzle="macro")["d_sr"] == -62.5
+    assert pd.isna(row(ab, method="mgsd", puzzle="macro")["d_sr"])
+    md = (out / "ablations.md").read_text()
+    assert (
+        "Note: missing (no image records): mgsd_no_plan, mgsd_full_kl, mgsd_teacher_grounded" in md
+    )
+    assert "-62.5 [" in md
+
+
+def test_modality_gap(out):
+    gap = csv(out, "modality_gap")
+    m = row(gap, method="mgsd", puzzle="macro")
+    assert (m["sr_image"], m["sr_image_oracle_state"], m["sr_text"]) == (75.0, 100.0, 100.0)
+    assert (m["perception_gap"], m["remaining_gap"]) == (25.0, 0.0)
+    fl = row(gap, method="mgsd", puzzle="frozenlake")
+    assert fl["perception_gap"] == 50.0 and fl["n_image"] == 4
+    b = row(gap, method="base", puzzle="macro")
+    assert (b["sr_image"], b["sr_text"]) == (25.0, 100.0) and pd.isna(b["perception_gap"])
+    assert "Note: base: no image_oracle_state records" in (out / "modality_gap.md").read_text()
+
+
+def test_errors_and_perception(out):
+    e = row(csv(out, "errors"), method="mgsd", puzzle="frozenlake")
+    assert (e["failures"], e["perception_errors"], e["planning_errors"]) == (2, 1, 1)
+    assert e["perception_share"] == 50.0 and e["planning_rate"] == 25.0
+    assert (
+        "| mgsd | frozenlake | 4 | 2 (50.0) | 1 (50.0) | 1 (50.0) |"
+        in (out / "errors.md").read_text()
+    )
+    p = row(csv(out, "perception"), method="mgsd", puzzle="frozenlake")
+    assert p["state_correct"] == 75.0 and p["field/level"] == 100.0
+
+
+def test_absent_rows_still_write_every_file_with_a_note(tmp_path):
+    files = {k: v for k, v in hand_made().items() if k.startswith("base/") and "text" in k}
+    paths = write(tmp_path, files)
+    assert tables.main(["--records", *paths, "--config", CONFIG, "--out", str(tmp_path / "t")]) == 0
+    for name in tables.table_files():
+        assert (tmp_path / "t" / name).stat().st_size > 0, name
+    for name in ("per_level", "perception", "errors", "ablations"):
+        assert "\nNote: " in (tmp_path / "t" / f"{name}.md").read_text(), name
+    assert list(csv(tmp_path / "t", "ablations").columns)[:3] == ["method", "puzzle", "n"]
+    main = csv(tmp_path / "t", "main")
+    assert set(main["method"]) == {"symbolic"}  # base under text is still the upper bound
+
+
+def test_cli_names_the_file_and_missing_column(tmp_path, capsys):
+    bad = pa.Table.from_pylist([rec("a", "maze", "mgsd")], schema=EVAL_SCHEMA)
+    pq.write_table(bad.drop_columns(["progress_rate"]), tmp_path / "bad.parquet")
+    rc = tables.main(["--records", str(tmp_path / "bad.parquet"), "--out", str(tmp_path / "t")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "bad.parquet" in err and "progress_rate" in err
+    assert not (tmp_path / "t").exists()
+
+
+def test_cli_names_a_bad_config_key(tmp_path, capsys):
+    paths = write(tmp_path, {"mgsd/maze/image": [rec("m", "maze", "mgsd")]})
+    rc = tables.main(["--records", *paths, "--config", '{"bootstraps": 5}', "--out", str(tmp_path)])
+    assert rc == 1 and "tables.bootstraps" in capsys.readouterr().err
+
+
+def test_latex_and_markdown_rendering():
+    t = Table(
+        "T", "cap", pd.DataFrame(),
+        [("", "method"), ("grp", "a_b"), ("grp", "c")],
+        [["mgsd_full_kl", "[1, 2]", "–"]], ["something is missing"],
+    )  # fmt: skip
+    tex = to_latex(t)
+    assert r"mgsd\_full\_kl & {[1, 2]} & -- \\" in tex
+    assert r"& \multicolumn{2}{c}{grp} \\" in tex and r"\cmidrule(lr){2-3}" in tex
+    assert r"method & a\_b & c \\" in tex and "% Note: something is missing." in tex
+    md = to_markdown(t)
+    assert "| method | grp a_b | grp c |" in md and md.rstrip().endswith(
+        "Note: something is missing."
+    )
+
+
+def test_the_workflow_declares_these_tables():
+    from mgsd import workflow
+
+    assert workflow.TABLES == tables.TABLES
