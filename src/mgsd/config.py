@@ -233,6 +233,9 @@ class Resources:
     cpus: int = _f(1, help="CPU cores (CPU jobs)", ge=1)
     mem_mb: int = _f(8000, help="memory per job in MB (doubled on each retry)", ge=100)
     runtime: int = _f(60, help="time limit in minutes (doubled on each retry)", ge=1)
+    warning_s: int = _f(
+        300, help="GPU jobs: Slurm sends SIGTERM this long before the time limit (checkpoint)", ge=0
+    )
 
 
 STAGES = ("data", "symbolic_pretrain", "grounding", "sft_direct", "distill", "evaluate", "report")

@@ -154,6 +154,8 @@ def gpu_resources(cfg: Config, stage: str) -> dict:
     return {
         "gpu": r.gpus,
         "cpus_per_gpu": r.cpus_per_gpu,
+        # SIGTERM before the time limit: the training loops save a checkpoint and exit 75
+        "slurm_extra": f"--signal=TERM@{r.warning_s}",
         "mem_mb": lambda wc, attempt: r.mem_mb * 2 ** (attempt - 1),
         "runtime": lambda wc, attempt: r.runtime * 2 ** (attempt - 1),
     }

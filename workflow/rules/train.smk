@@ -2,11 +2,19 @@
 # output is the "base" model), grounding (MGSD stage 1) and the direct-SFT baseline.
 
 
+SFT_SHELL = (
+    "{params.launch} train-sft --stage {params.stage} --init {params.init:q}"
+    " --train {input.train:q} --val {input.val:q} --config {params.cfg:q}"
+    " --prompt-style {params.style} --out {output.model:q} --metrics {output.metrics:q}"
+    " --log {output.log:q} --work {params.work:q} > {log:q} 2>&1"
+)
+
+
 rule scratch_init:
     output:
         directory(f"{ROOT}/models/scratch/model"),
     params:
-        cfg=lambda wc: section_json(CFG.backbone.scratch),
+        cfg=section_json(CFG.backbone.scratch),
         image_size=CFG.data.image_size,
     log:
         f"{ROOT}/logs/models/scratch_init.log",
@@ -31,10 +39,11 @@ rule symbolic_pretrain:
         metrics=f"{ROOT}/models/base/metrics.json",
         log=f"{ROOT}/models/base/train_log.jsonl",
     params:
-        cfg=lambda wc: section_json(CFG.symbolic_pretrain),
+        stage="symbolic_pretrain",
+        cfg=section_json(CFG.symbolic_pretrain),
         style=CFG.backbone.prompt_style,
         work=f"{ROOT}/work/base",
-        launch=lambda wc: launcher(CFG, "symbolic_pretrain"),
+        launch=launcher(CFG, "symbolic_pretrain"),
     log:
         f"{ROOT}/logs/models/base.log",
     benchmark:
@@ -44,39 +53,60 @@ rule symbolic_pretrain:
     conda:
         "../../envs/mgsd.yaml"
     shell:
-        "{params.launch} train-sft --stage symbolic_pretrain --init {input.init:q}"
-        " --train {input.train:q} --val {input.val:q} --config {params.cfg:q}"
-        " --prompt-style {params.style} --out {output.model:q} --metrics {output.metrics:q}"
-        " --log {output.log:q} --work {params.work:q} > {log:q} 2>&1"
+        SFT_SHELL.replace("{params.init:q}", "{input.init:q}")
 
 
-rule sft_stage:
+rule grounding:
     input:
-        init=lambda wc: model_inputs(CFG, "base"),
+        init=model_inputs(CFG, "base"),
         train=[data_file(CFG, p, "train") for p in CFG.data.puzzles],
         val=[data_file(CFG, p, "val") for p in CFG.data.puzzles],
     output:
-        model=directory(f"{ROOT}/models/{{stage}}/model"),
-        metrics=f"{ROOT}/models/{{stage}}/metrics.json",
-        log=f"{ROOT}/models/{{stage}}/train_log.jsonl",
-    wildcard_constraints:
-        stage="grounding|sft_direct",
+        model=directory(f"{ROOT}/models/grounding/model"),
+        metrics=f"{ROOT}/models/grounding/metrics.json",
+        log=f"{ROOT}/models/grounding/train_log.jsonl",
     params:
-        cfg=lambda wc: section_json(getattr(CFG, wc.stage)),
+        stage="grounding",
+        cfg=section_json(CFG.grounding),
         init=lambda wc: model_ref(CFG, "base"),
         style=CFG.backbone.prompt_style,
-        work=lambda wc: f"{ROOT}/work/{wc.stage}",
-        launch=lambda wc: launcher(CFG, wc.stage),
+        work=f"{ROOT}/work/grounding",
+        launch=launcher(CFG, "grounding"),
     log:
-        f"{ROOT}/logs/models/{{stage}}.log",
+        f"{ROOT}/logs/models/grounding.log",
     benchmark:
-        f"{ROOT}/benchmarks/models/{{stage}}.tsv"
+        f"{ROOT}/benchmarks/models/grounding.tsv"
     resources:
         **gpu_resources(CFG, "grounding"),
     conda:
         "../../envs/mgsd.yaml"
     shell:
-        "{params.launch} train-sft --stage {wildcards.stage} --init {params.init:q}"
-        " --train {input.train:q} --val {input.val:q} --config {params.cfg:q}"
-        " --prompt-style {params.style} --out {output.model:q} --metrics {output.metrics:q}"
-        " --log {output.log:q} --work {params.work:q} > {log:q} 2>&1"
+        SFT_SHELL
+
+
+rule sft_direct:
+    input:
+        init=model_inputs(CFG, "base"),
+        train=[data_file(CFG, p, "train") for p in CFG.data.puzzles],
+        val=[data_file(CFG, p, "val") for p in CFG.data.puzzles],
+    output:
+        model=directory(f"{ROOT}/models/sft_direct/model"),
+        metrics=f"{ROOT}/models/sft_direct/metrics.json",
+        log=f"{ROOT}/models/sft_direct/train_log.jsonl",
+    params:
+        stage="sft_direct",
+        cfg=section_json(CFG.sft_direct),
+        init=lambda wc: model_ref(CFG, "base"),
+        style=CFG.backbone.prompt_style,
+        work=f"{ROOT}/work/sft_direct",
+        launch=launcher(CFG, "sft_direct"),
+    log:
+        f"{ROOT}/logs/models/sft_direct.log",
+    benchmark:
+        f"{ROOT}/benchmarks/models/sft_direct.tsv"
+    resources:
+        **gpu_resources(CFG, "sft_direct"),
+    conda:
+        "../../envs/mgsd.yaml"
+    shell:
+        SFT_SHELL
