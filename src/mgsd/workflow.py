@@ -162,6 +162,17 @@ def gpu_resources(cfg: Config, stage: str) -> dict:
 
 
 def launcher(cfg: Config, stage: str) -> str:
-    """`mgsd`, or `accelerate launch` over N processes for a stage given N > 1 GPUs."""
-    n = resources(cfg, stage).gpus
-    return f"accelerate launch --num_processes {n} -m mgsd.cli" if n > 1 else "mgsd"
+    """`mgsd`, or `accelerate launch` over N processes for a stage given N > 1 GPUs.
+
+    The launcher must pass Slurm's warning signal on to the workers and give them time to
+    write a checkpoint (torch elastic's defaults: SIGUSR1 kills it, workers get 30 s).
+    """
+    r = resources(cfg, stage)
+    if r.gpus <= 1:
+        return "mgsd"
+    return (
+        "PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+        f" PET_SHUTDOWN_TIMEOUT={max(60, r.warning_s // 2)}"
+        f" accelerate launch --multi_gpu --num_machines 1 --num_processes {r.gpus}"
+        " --dynamo_backend no -m mgsd.cli"
+    )

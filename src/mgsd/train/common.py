@@ -1,0 +1,420 @@
+"""What every training loop shares: setup, optimizer and schedule, data order, checkpoints, logs.
+
+Small functions, no trainer class. A loop (see `tests/integration/test_resume_ddp.py` for a
+complete toy one) reads:
+
+    acc = setup(cfg.seed)
+    opt = make_optimizer(trainable, cfg.lr, cfg.weight_decay)
+    sched = make_schedule(opt, cfg.steps, cfg.warmup_ratio, cfg.schedule)
+    model, opt = acc.prepare(model, opt)          # not the scheduler: it steps once per step here
+    ckpt = latest_checkpoint(work_dir)
+    start = load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
+    log, stop = JsonlLogger(log_path, start), StopSignal()
+    for step in range(start, cfg.steps):
+        batch = batch_indices(n, cfg.batch_size, cfg.seed, step)
+        ids = shard(batch, acc.process_index, acc.num_processes)
+        ...forward, backward, opt.step(), sched.step(), log.log(step + 1, {...})
+        stopping = stop.requested(acc)             # a collective: once per step, every rank
+        if (step + 1) % cfg.checkpoint_every == 0 or stopping:
+            save_checkpoint(work_dir, step + 1, model, opt, sched, acc, extra={})
+        if stopping:
+            exit_for_resume(step + 1)
+
+Steps count completed optimizer steps: `step-000120/` holds the state after 120 steps.
+Runs unchanged under `accelerate launch --num_processes N` (DDP; gloo on CPU, where the launch
+needs `--multi_gpu` since `--cpu` alone starts one process). The work folder must be shared by
+all processes (one node).
+
+Exit code 75 (EX_TEMPFAIL in sysexits.h, "try again later"): the run was stopped by SIGTERM or
+SIGUSR1 (what Slurm sends before a time limit or preemption) after saving a checkpoint;
+rerunning the same command resumes it. Under `accelerate launch` the launcher (torchrun)
+forwards SIGTERM but exits 1 itself, dies on SIGUSR1 unless the environment has
+`PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1`, and kills workers 30 s after
+forwarding unless `PET_SHUTDOWN_TIMEOUT` gives a checkpoint more time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import sys
+import time
+import typing
+import warnings
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from mgsd import config
+
+EXIT_RESUMABLE = 75
+Model = torch.nn.Module
+Optimizer = torch.optim.Optimizer
+Scheduler = torch.optim.lr_scheduler.LRScheduler
+_CKPT_RE = re.compile(r"^step-(\d{6,})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder is incomplete, corrupt or does not fit the model."""
+
+
+def setup(cfg_seed: int, mixed_precision: str = "auto") -> Accelerator:
+    """An Accelerator (bf16 on CUDA, fp32 on CPU; "auto" picks) with every RNG seeded.
+
+    All processes get the same seed, so the initial weights agree; data differs by `shard`.
+    """
+    cuda = torch.cuda.is_available()
+    if mixed_precision == "auto":
+        mixed_precision = "bf16" if cuda else "no"
+    # cpu=True is what makes accelerate pick gloo (MULTI_CPU) when launched with N processes.
+    acc = Accelerator(mixed_precision=mixed_precision, cpu=not cuda)
+    set_seed(cfg_seed)
+    return acc
+
+
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float
+) -> Optimizer:
+    """AdamW; matrices (ndim >= 2) decay, biases and norm weights (ndim < 2) do not."""
+    trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        raise ValueError("make_optimizer: no parameter requires grad")
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def make_schedule(
+    optimizer: Optimizer, steps: int, warmup_ratio: float, kind: str = "cosine"
+) -> Scheduler:
+    """Linear warmup over round(steps x warmup_ratio) steps, then cosine to 0 or constant.
+
+    Call `scheduler.step()` once per optimizer step. Warmup step s uses (s + 1) / (warmup + 1)
+    of the peak, so no step is wasted at lr 0.
+    """
+    if kind not in ("cosine", "constant"):
+        raise ValueError(f"schedule: {kind!r} is not one of 'cosine', 'constant'")
+    warmup = round(steps * warmup_ratio)
+
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / (warmup + 1)
+        if kind == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, steps - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@lru_cache(maxsize=4)
+def _epoch_order(n_examples: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n_examples)
+
+
+def batch_indices(n_examples: int, global_batch: int, seed: int, step: int) -> list[int]:
+    """Example indices of optimizer step `step` (0-based): a pure function of (seed, step).
+
+    The data is read as one permutation per epoch (seeded by (seed, epoch)) laid end to end,
+    so every example is seen once per epoch and a batch may straddle two epochs.
+    """
+    if n_examples < 1 or global_batch < 1 or step < 0:
+        raise ValueError(
+            f"batch_indices: bad sizes n={n_examples} batch={global_batch} step={step}"
+        )
+    start = step * global_batch
+    out = []
+    for pos in range(start, start + global_batch):
+        epoch, i = divmod(pos, n_examples)
+        out.append(int(_epoch_order(n_examples, seed, epoch)[i]))
+    return out
+
+
+def shard(indices: list[int], rank: int, world: int) -> list[int]:
+    """This process's contiguous slice of a global batch (also usable for micro-batches)."""
+    if len(indices) % world:
+        raise ValueError(
+            f"global batch {len(indices)} is not divisible by {world} processes: "
+            "set batch_size to a multiple of the number of processes x grad_accum"
+        )
+    k = len(indices) // world
+    return indices[rank * k : (rank + 1) * k]
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _complete(path: Path) -> bool:
+    return path.is_dir() and bool(_CKPT_RE.match(path.name)) and (path / "meta.json").is_file()
+
+
+def checkpoints(work_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in `work_dir`, oldest first (tmp and half-written ones ignored)."""
+    work_dir = Path(work_dir)
+    found = [p for p in work_dir.glob("step-*") if _complete(p)] if work_dir.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(work_dir: str | Path) -> Path | None:
+    found = checkpoints(work_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(
+    work_dir: str | Path, step: int, model: Model, optimizer: Optimizer, scheduler: Scheduler,
+    accelerator: Accelerator, extra: dict | None = None, keep: int = 2,
+) -> Path:  # fmt: skip
+    """Write `work_dir/step-XXXXXX/` atomically and keep the newest `keep`. Call on all ranks.
+
+    Holds the trainable parameters only (frozen ones come from the base model the loop
+    rebuilds), the optimizer and scheduler, `meta.json` (step, world size, `extra`: JSON-able)
+    and one RNG file per process. Rank 0 writes a `.tmp-` folder and renames it last; a folder
+    without `meta.json` is never taken for a checkpoint.
+    """
+    work_dir, acc = Path(work_dir), accelerator
+    final, tmp = work_dir / f"step-{step:06d}", work_dir / f".tmp-step-{step:06d}"
+    if acc.is_main_process:
+        for stale in work_dir.glob(".tmp-step-*"):
+            shutil.rmtree(stale)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    torch.save(_rng_state(), tmp / f"rng-{acc.process_index}.pt")
+    if acc.is_main_process:
+        named = acc.unwrap_model(model).named_parameters()
+        weights = {n: p.detach().cpu() for n, p in named if p.requires_grad}
+        torch.save(weights, tmp / "model.pt")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        meta = {"step": step, "world_size": acc.num_processes, "extra": extra or {}}
+        write_atomic_json(tmp / "meta.json", meta)
+    acc.wait_for_everyone()  # every rank's RNG file is in before the rename
+    if acc.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in checkpoints(work_dir)[:-keep]:
+            shutil.rmtree(old)
+    acc.wait_for_everyone()
+    return final
+
+
+def _load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, garbage or missing: say which file
+        raise CheckpointError(f"corrupt or unreadable checkpoint file {path}: {e}") from e
+
+
+def checkpoint_meta(ckpt_dir: str | Path) -> dict:
+    """`meta.json` of a checkpoint: {"step", "world_size", "extra"}."""
+    path = Path(ckpt_dir) / "meta.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt or unreadable checkpoint file {path}: {e}") from e
+
+
+def load_checkpoint(
+    ckpt_dir: str | Path, model: Model, optimizer: Optimizer, scheduler: Scheduler,
+    accelerator: Accelerator,
+) -> int:  # fmt: skip
+    """Restore what `save_checkpoint` wrote (on every rank) and return its step."""
+    ckpt_dir, acc = Path(ckpt_dir), accelerator
+    meta = checkpoint_meta(ckpt_dir)
+    weights = _load(ckpt_dir / "model.pt")
+    target = acc.unwrap_model(model)
+    wanted = {n for n, p in target.named_parameters() if p.requires_grad}
+    if set(weights) != wanted:
+        diff = sorted(set(weights) ^ wanted)[:5]
+        raise CheckpointError(f"{ckpt_dir / 'model.pt'} does not fit the model: {diff} differ")
+    target.load_state_dict(weights, strict=False)
+    optimizer.load_state_dict(_load(ckpt_dir / "optimizer.pt"))
+    scheduler.load_state_dict(_load(ckpt_dir / "scheduler.pt"))
+    rng = ckpt_dir / f"rng-{acc.process_index}.pt"
+    if rng.is_file():
+        _set_rng_state(_load(rng))
+    else:  # a different number of processes than when saved: data order is still exact
+        warnings.warn(
+            f"{rng} missing (saved with {meta['world_size']} processes): RNG not restored",
+            stacklevel=2,
+        )
+    return int(meta["step"])
+
+
+# ---------------------------------------------------------------- stopping and logging
+
+
+class StopSignal:
+    """Records SIGTERM / SIGUSR1 (Slurm's warnings before a time limit) instead of dying.
+
+    The loop checks `requested(acc)` every step, saves a checkpoint and calls `exit_for_resume`.
+    """
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1)):
+        self.received: int | None = None
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in signals}
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def requested(self, accelerator: Accelerator | None = None) -> bool:
+        """True if any process got a signal: all ranks must stop at the same step."""
+        flag = float(self.received is not None)
+        if accelerator is not None and accelerator.num_processes > 1:
+            t = torch.tensor([flag], device=accelerator.device)
+            flag = accelerator.reduce(t, reduction="sum").item()
+        return flag > 0
+
+
+def exit_for_resume(step: int) -> typing.NoReturn:
+    """Log why and exit with EXIT_RESUMABLE (75); call after saving the checkpoint."""
+    msg = f"stopped by signal after step {step}; checkpoint saved; exiting with code"
+    print(f"{msg} {EXIT_RESUMABLE} (EX_TEMPFAIL): rerun to resume", file=sys.stderr, flush=True)
+    sys.exit(EXIT_RESUMABLE)
+
+
+def write_atomic_json(path: str | Path, obj: Any) -> None:
+    """Write JSON to a temporary file next to `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+class JsonlLogger:
+    """Appends `{"step": s, **metrics}` lines (flat keys like `train/loss`); rank 0 only.
+
+    On opening, lines with step > `resume_step` are dropped (a fresh run, resume_step 0, starts
+    an empty log), so a resumed run never duplicates a step. Each line is flushed.
+    """
+
+    def __init__(self, path: str | Path, resume_step: int = 0, enabled: bool | None = None):
+        self.path = Path(path)
+        self.enabled = PartialState().is_main_process if enabled is None else enabled
+        if not self.enabled:
+            return
+        kept = []
+        if self.path.is_file() and resume_step > 0:
+            for line in self.path.read_text().splitlines():
+                with contextlib.suppress(ValueError):  # a line cut by a kill is dropped
+                    if json.loads(line).get("step", math.inf) <= resume_step:
+                        kept.append(line + "\n")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
+        self._file = self.path.open("a")
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.enabled:
+            row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, torch.Tensor | np.generic):
+        return v.item()
+    return v
+
+
+def progress(total: int, initial: int = 0, desc: str = "", enabled: bool | None = None) -> tqdm:
+    """A tqdm bar on rank 0; in log files (no TTY) it updates at most every 30 s."""
+    enabled = PartialState().is_main_process if enabled is None else enabled
+    tty = sys.stderr.isatty()
+    return tqdm(
+        total=total, initial=initial, desc=desc, disable=not enabled,
+        mininterval=1.0 if tty else 30.0, dynamic_ncols=tty, file=sys.stderr,
+    )  # fmt: skip
+
+
+class Meter:
+    """Tokens per second since the last `stats()` call, and peak memory."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.tokens, self.t0 = 0, time.perf_counter()
+
+    def update(self, tokens: int | float) -> None:
+        self.tokens += int(tokens)
+
+    def stats(self, prefix: str = "perf") -> dict[str, float]:
+        now = time.perf_counter()
+        rate = self.tokens / max(now - self.t0, 1e-9)
+        self.tokens, self.t0 = 0, now
+        if self.device.type == "cuda":
+            peak_gb = torch.cuda.max_memory_allocated(self.device) / 2**30
+        else:  # ru_maxrss is in KiB on Linux, bytes on macOS
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            peak_gb = rss / (2**30 if sys.platform == "darwin" else 2**20)
+        return {f"{prefix}/tokens_per_s": rate, f"{prefix}/peak_mem_gb": peak_gb}
+
+
+_OOM_ADVICE = {  # config key -> what to do with it, for the keys a stage's section has
+    "batch_size": "lower {k}",
+    "grad_accum": "raise {k} (same effective batch, smaller micro-batches)",
+    "max_new_tokens": "lower {k}",
+    "val_max_new_tokens": "lower {k}",
+    "teacher_offload": "set {k}: true",
+}
+
+
+@contextlib.contextmanager
+def explain_oom(stage: str) -> Iterator[None]:
+    """Re-raise a CUDA out-of-memory error with the config keys of `stage` that would help."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        section = typing.get_type_hints(config.Config).get(stage)
+        names = {f.name for f in dataclasses.fields(section)} if section else {"batch_size"}
+        advice = [a.format(k=f"{stage}.{k}") for k, a in _OOM_ADVICE.items() if k in names]
+        raise torch.OutOfMemoryError(
+            f"out of GPU memory in stage {stage}: " + "; ".join(advice) + f". ({e})"
+        ) from e

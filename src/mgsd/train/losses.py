@@ -1,0 +1,162 @@
+"""Training losses as pure tensor functions: supervised cross-entropy, on-policy distillation.
+
+Legend: B batch (sequences), T reply positions, V vocabulary. Inputs are per-token tensors already
+aligned on the reply: index t of `logits_BTV` is the distribution that scored token t of
+`tokens_BT`. `mask_BT` is 1 on real reply tokens and 0 on padding and prompt positions; values
+under mask 0 never change a loss or a gradient (they may even be NaN or inf).
+
+Every loss returns `(loss, stats)`: a scalar to call `backward` on and a dict of plain floats
+(unprefixed; the loop namespaces them, e.g. `distill/reverse_kl`). Losses are token means over the
+batch they are given; `stats["tokens"]` lets a loop re-weight micro-batches of unequal size.
+
+Distillation (DESIGN.md section 1): the student samples y, the teacher scores it, and
+`A_t = log p_teacher(y_t) - log p_student_old(y_t)`. With ratio = 1, `-mean_t(A_t log p(y_t))` has
+the gradient of a one-sample estimate of the per-token reverse KL(student || teacher), because
+`E_y~p[(log p - log q)(y) grad log p(y)] = grad KL(p || q)`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+
+def _f32(x: Tensor) -> Tensor:
+    """At least float32 (bf16 logits lose too much in log_softmax); float64 stays float64."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def masked_mean(x_BT: Tensor, mask_BT: Tensor) -> Tensor:
+    """Sum over positions with mask 1 / their count (0 if none; NaN off the mask is fine)."""
+    m = mask_BT.bool()
+    return torch.where(m, x_BT, 0).sum() / m.sum().clamp(min=1)
+
+
+_masked_mean = masked_mean  # the name distill.py first used
+
+
+def token_logprobs(logits_BTV: Tensor, tokens_BT: Tensor) -> Tensor:
+    """log p(token_t) under logits_t, in float32. Negative ids (e.g. -100) are read as 0: mask them.
+
+    Memory: one float32 (B, T, V) temporary (about 1.2 GB for T = 2048, V = 151936, per sequence).
+    """
+    logits_BTV = _f32(logits_BTV)
+    ids_BT1 = tokens_BT.clamp(min=0).unsqueeze(-1)
+    picked_BT = logits_BTV.gather(-1, ids_BT1).squeeze(-1)
+    return picked_BT - torch.logsumexp(logits_BTV, dim=-1)
+
+
+def advantages(
+    teacher_logprobs_BT: Tensor,
+    student_old_logprobs_BT: Tensor,
+    mask_BT: Tensor,
+    reward_B: Tensor | None = None,
+    reward_weight: float = 0.0,
+) -> Tensor:
+    """A_t = teacher - student_old (+ reward_weight x reward of the reply); 0 off mask; detached."""
+    a_BT = _f32(teacher_logprobs_BT.detach()) - _f32(student_old_logprobs_BT.detach())
+    if reward_weight:
+        if reward_B is None:
+            raise ValueError(f"reward_weight = {reward_weight} needs reward_B")
+        a_BT = a_BT + reward_weight * _f32(reward_B.detach()).unsqueeze(-1)
+    return torch.where(mask_BT.bool(), a_BT, 0)
+
+
+def sampled_reverse_kl_loss(
+    student_logprobs_BT: Tensor,
+    student_old_logprobs_BT: Tensor,
+    advantages_BT: Tensor,
+    mask_BT: Tensor,
+    clip_eps: float = 0.2,
+    *,
+    teacher_logprobs_BT: Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """The paper's estimator: PPO-clipped `-min(ratio A, clip(ratio, 1 +- eps) A)`, token mean.
+
+    `ratio = exp(logp - logp_old)`; advantages are detached. Stats: `reverse_kl` (token mean of
+    logp_old - logp_teacher), `teacher_logprob`, `student_logprob` (of the sampling policy),
+    `ratio_mean`, `clip_frac` (share of tokens whose gradient the clip cut off), `tokens`. Pass
+    `teacher_logprobs_BT` when the advantage includes a reward; otherwise the teacher is read
+    back from A (exact when reward_weight = 0).
+    """
+    m = mask_BT.bool()
+    logp_BT = torch.where(m, student_logprobs_BT, 0)
+    old_BT = torch.where(m, student_old_logprobs_BT.detach(), 0)
+    a_BT = torch.where(m, advantages_BT.detach(), 0)
+    ratio_BT = torch.exp(logp_BT - old_BT)
+    clipped_BT = ratio_BT.clamp(1 - clip_eps, 1 + clip_eps)
+    loss = masked_mean(-torch.minimum(ratio_BT * a_BT, clipped_BT * a_BT), m)
+
+    with torch.no_grad():
+        teacher_BT = old_BT + a_BT if teacher_logprobs_BT is None else teacher_logprobs_BT
+        cut_BT = ((ratio_BT > 1 + clip_eps) & (a_BT > 0)) | ((ratio_BT < 1 - clip_eps) & (a_BT < 0))
+        stats = {
+            "reverse_kl": masked_mean(old_BT - teacher_BT, m).item(),
+            "teacher_logprob": masked_mean(teacher_BT, m).item(),
+            "student_logprob": masked_mean(old_BT, m).item(),
+            "ratio_mean": masked_mean(ratio_BT, m).item(),
+            "clip_frac": masked_mean(cut_BT.to(ratio_BT.dtype), m).item(),
+            "tokens": float(m.sum().item()),
+        }
+    return loss, stats
+
+
+def _reverse_kl_rows(student_RV: Tensor, teacher_RV: Tensor, idx_C: Tensor) -> Tensor:
+    """KL(student || teacher) of rows idx_C; the rows are gathered here so that checkpointing
+    keeps no copy of them for the backward pass."""
+    logp_CV = torch.log_softmax(_f32(student_RV[idx_C]), dim=-1)
+    logq_CV = torch.log_softmax(_f32(teacher_RV[idx_C]), dim=-1)
+    return (logp_CV.exp() * (logp_CV - logq_CV)).sum(-1)
+
+
+def full_reverse_kl_loss(
+    student_logits_BTV: Tensor,
+    teacher_logits_BTV: Tensor,
+    mask_BT: Tensor,
+    chunk_tokens: int = 1024,
+) -> tuple[Tensor, dict[str, float]]:
+    """Exact `sum_v p_s(v) (log p_s(v) - log p_t(v))` at every reply token, token mean.
+
+    Differentiated directly (the teacher is detached), in float32. Memory: the masked positions
+    are gathered `chunk_tokens` rows at a time, and each chunk's float32 temporaries (about
+    4 x chunk x V x 4 bytes: 2.5 GB at 1024 x 151936) are recomputed in the backward pass
+    instead of kept, so the peak beyond the logits themselves is one chunk rather than several
+    copies of N x V (40 GB each in float32 for 32 x 2048 tokens at V = 151936). Both (B, T, V)
+    logits must still fit: at that size, compute the loss per micro-batch. Stats: `reverse_kl`,
+    `tokens`.
+    """
+    rows_N = mask_BT.bool().flatten().nonzero().squeeze(1)
+    student_RV = student_logits_BTV.flatten(0, 1)  # a view: rows are gathered chunk by chunk
+    teacher_RV = teacher_logits_BTV.detach().flatten(0, 1)
+    total = _f32(student_RV[:0]).sum()  # 0, but on the graph (an all-padding batch can backward)
+    for i in range(0, rows_N.numel(), chunk_tokens):
+        idx_C = rows_N[i : i + chunk_tokens]
+        if student_RV.requires_grad:
+            kl_C = checkpoint(_reverse_kl_rows, student_RV, teacher_RV, idx_C, use_reentrant=False)
+        else:
+            kl_C = _reverse_kl_rows(student_RV, teacher_RV, idx_C)
+        total = total + kl_C.sum()
+    n = rows_N.numel()
+    loss = total / max(n, 1)
+    return loss, {"reverse_kl": loss.item(), "tokens": float(n)}
+
+
+def sft_loss(logits_BTV: Tensor, labels_BT: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """Next-token cross-entropy, token mean, with the Hugging Face convention.
+
+    `labels_BT` is aligned with the input ids (not shifted): the logits at position t predict
+    label t + 1, and labels of -100 (prompt, padding) are ignored. Computed in float32.
+    Stats: `loss`, `token_accuracy` (greedy next token right), `tokens`.
+    """
+    logits_NV = _f32(logits_BTV[:, :-1]).flatten(0, 1)
+    labels_N = labels_BT[:, 1:].flatten()
+    keep_N = labels_N != -100
+    n = int(keep_N.sum().item())
+    total = F.cross_entropy(logits_NV, labels_N, ignore_index=-100, reduction="sum")
+    loss = total / max(n, 1)
+    with torch.no_grad():
+        right = ((logits_NV.argmax(-1) == labels_N) & keep_N).sum().item()
+    stats = {"loss": loss.item(), "token_accuracy": right / max(n, 1), "tokens": float(n)}
+    return loss, stats

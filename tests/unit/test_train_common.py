@@ -1,0 +1,220 @@
+"""The shared training machinery of mgsd.train.common, in one process on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from mgsd.train import common
+from mgsd.train.common import (
+    EXIT_RESUMABLE,
+    CheckpointError,
+    JsonlLogger,
+    Meter,
+    StopSignal,
+    batch_indices,
+    checkpoint_meta,
+    explain_oom,
+    latest_checkpoint,
+    load_checkpoint,
+    make_optimizer,
+    make_schedule,
+    save_checkpoint,
+    setup,
+    shard,
+    write_atomic_json,
+)
+
+
+def _lrs(steps: int, warmup_ratio: float, kind: str) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = make_schedule(opt, steps, warmup_ratio, kind)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"] / 2.0)
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    f = _lrs(10, 0.2, "cosine")
+    assert f[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])  # 2 warmup steps, then the peak
+    assert all(a > b for a, b in zip(f[2:], f[3:], strict=False))
+    assert f[6] == pytest.approx(0.5)  # half way through the 8 decay steps
+    assert 0 < f[-1] < 0.05
+
+
+def test_constant_schedule_and_bad_kind():
+    assert _lrs(10, 0.3, "constant") == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 7)
+    assert _lrs(4, 0.0, "constant") == [1.0] * 4
+    with pytest.raises(ValueError, match="linear"):
+        _lrs(4, 0.0, "linear")
+
+
+def test_optimizer_decays_matrices_only_and_skips_frozen():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    model[2].requires_grad_(False)
+    opt = make_optimizer(model.parameters(), lr=1e-3, weight_decay=0.1)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and [p.shape for p in decay["params"]] == [(4, 3)]
+    assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 3  # bias, norm w, b
+    assert isinstance(opt, torch.optim.AdamW)
+
+
+def test_batch_indices_pure_and_cover_each_epoch():
+    n, b = 10, 4
+    first = [batch_indices(n, b, seed=7, step=s) for s in range(5)]
+    common._epoch_order.cache_clear()
+    assert [batch_indices(n, b, seed=7, step=s) for s in range(5)] == first
+    flat = [i for batch in first for i in batch]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
+    assert flat[:10] != flat[10:]  # a new order per epoch
+    assert batch_indices(n, b, seed=8, step=0) != first[0]
+    with pytest.raises(ValueError, match="batch=0"):
+        batch_indices(n, 0, seed=7, step=0)
+
+
+def test_shard_splits_global_batch():
+    idx = batch_indices(100, 12, seed=0, step=3)
+    parts = [shard(idx, r, 3) for r in range(3)]
+    assert [i for p in parts for i in p] == idx and all(len(p) == 4 for p in parts)
+    with pytest.raises(ValueError, match="not divisible by 5"):
+        shard(idx, 0, 5)
+
+
+def _model_opt_sched():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))
+    model[1].requires_grad_(False)  # frozen parts are not saved
+    opt = make_optimizer(model.parameters(), 1e-2, 0.01)
+    return model, opt, make_schedule(opt, 20, 0.1)
+
+
+def _train(model, opt, sched, steps):
+    for _ in range(steps):
+        loss = model(torch.randn(8, 3)).pow(2).mean()  # draws from the RNG, like dropout would
+        loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+
+
+def test_checkpoint_round_trip(tmp_path):
+    acc = setup(0)
+    model, opt, sched = _model_opt_sched()
+    _train(model, opt, sched, 3)
+    path = save_checkpoint(tmp_path, 3, model, opt, sched, acc, extra={"best": 0.5})
+    assert path == tmp_path / "step-000003" and latest_checkpoint(tmp_path) == path
+    assert "1.weight" not in torch.load(path / "model.pt")
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    _train(model, opt, sched, 2)
+    after = [p.clone() for p in model.parameters()]
+
+    assert load_checkpoint(path, model, opt, sched, acc) == 3
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    assert sched.last_epoch == 3 and checkpoint_meta(path)["extra"] == {"best": 0.5}
+    _train(model, opt, sched, 2)  # optimizer moments and RNG restored: the same two steps
+    assert all(torch.equal(a, p) for a, p in zip(after, model.parameters(), strict=True))
+
+
+def test_checkpoints_keep_two_and_ignore_half_written(tmp_path):
+    acc = setup(0)
+    model, opt, sched = _model_opt_sched()
+    for step in (10, 20, 30):
+        save_checkpoint(tmp_path, step, model, opt, sched, acc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000020", "step-000030"]
+    (tmp_path / ".tmp-step-000050").mkdir()  # killed while writing
+    half = tmp_path / "step-000040"  # no meta.json: not a checkpoint
+    half.mkdir()
+    (half / "model.pt").write_bytes(b"")
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-000030"
+    assert latest_checkpoint(tmp_path / "missing") is None
+    save_checkpoint(tmp_path, 60, model, opt, sched, acc)
+    assert not (tmp_path / ".tmp-step-000050").exists()
+
+
+def test_corrupt_checkpoint_names_the_file(tmp_path):
+    acc = setup(0)
+    model, opt, sched = _model_opt_sched()
+    path = save_checkpoint(tmp_path, 5, model, opt, sched, acc)
+    data = (path / "optimizer.pt").read_bytes()
+    (path / "optimizer.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="optimizer.pt"):
+        load_checkpoint(path, model, opt, sched, acc)
+    (path / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="meta.json"):
+        load_checkpoint(path, model, opt, sched, acc)
+    other = torch.nn.Linear(3, 1)
+    path = save_checkpoint(tmp_path, 6, model, opt, sched, acc)
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        load_checkpoint(path, other, opt, sched, acc)
+
+
+def test_logger_resume_drops_later_lines(tmp_path):
+    path = tmp_path / "train_log.jsonl"
+    log = JsonlLogger(path, 0, enabled=True)
+    for s in range(1, 6):
+        log.log(s, {"train/loss": torch.tensor(1.0 / s), "train/lr": 0.1})
+    log.close()
+    with path.open("a") as f:
+        f.write('{"step": 6, "train/lo')  # the line a kill cut short
+    log = JsonlLogger(path, 3, enabled=True)
+    log.log(4, {"train/loss": 9.0})
+    log.close()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0] == {"step": 1, "train/loss": 1.0, "train/lr": 0.1} and rows[3]["train/loss"] == 9
+    JsonlLogger(path, 0, enabled=True).close()  # a fresh run starts an empty log
+    assert path.read_text() == ""
+    quiet = JsonlLogger(tmp_path / "rank1.jsonl", 0, enabled=False)
+    quiet.log(1, {"x": 1})
+    assert not (tmp_path / "rank1.jsonl").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_stop_signal_sets_flag_instead_of_dying(sig):
+    stop = StopSignal()
+    try:
+        assert not stop.requested()
+        os.kill(os.getpid(), sig)
+        assert stop.requested() and stop.received == sig
+    finally:
+        stop.restore()
+    assert signal.getsignal(sig) is not stop._handle
+    with pytest.raises(SystemExit) as e:
+        common.exit_for_resume(12)
+    assert e.value.code == EXIT_RESUMABLE == 75
+
+
+def test_write_atomic_json(tmp_path):
+    path = tmp_path / "sub" / "metrics.json"
+    write_atomic_json(path, {"a": [1, 2]})
+    write_atomic_json(path, {"a": 3})
+    assert json.loads(path.read_text()) == {"a": 3}
+    assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
+
+
+def test_meter_reports_rate_and_memory():
+    meter = Meter("cpu")
+    meter.update(1000)
+    stats = meter.stats("train")
+    assert stats["train/tokens_per_s"] > 0 and stats["train/peak_mem_gb"] > 0.01
+    assert meter.stats()["perf/tokens_per_s"] == 0  # counted since the last call
+
+
+def test_explain_oom_names_the_stage_keys():
+    with pytest.raises(torch.OutOfMemoryError, match="raise grounding.grad_accum") as e:
+        with explain_oom("grounding"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+    assert "lower grounding.batch_size" in str(e.value) and "2 GiB" in str(e.value)
+    with pytest.raises(torch.OutOfMemoryError, match="distill.max_new_tokens") as e:
+        with explain_oom("distill"):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+    assert "distill.teacher_offload: true" in str(e.value) and "grad_accum" not in str(e.value)
+    with pytest.raises(KeyError), explain_oom("distill"):  # other errors pass unchanged
+        raise KeyError("x")
