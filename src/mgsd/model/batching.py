@@ -1,0 +1,250 @@
+"""Examples to tensors: training batches, generation batches and reply-scoring batches.
+
+An `Example` is chat messages (with at most one image placeholder), the picture (or None), an
+optional target reply and an optional forced reply prefix. Every sequence is laid out as
+
+    prompt (chat template + generation header) | forced prefix | reply tokens | <|im_end|>
+
+where the prompt comes from the processor (image placeholders expanded, ``mm_token_type_ids``
+built), and the prefix and the reply are tokenized separately and appended, so a reply is
+exactly the token ids the model produces after the prefix.
+
+- `collate_train`: right padding; ``labels`` = the reply tokens and the closing ``<|im_end|>``,
+  -100 everywhere else (prompt, image, prefix and pad tokens); the model shifts them itself.
+- `collate_generate`: left padding, ending with the generation header (+ forced prefix).
+- `collate_score`: right padding, [prompt + prefix + given reply token ids] and ``reply_mask``
+  marking exactly the reply positions; `reply_logprobs` / `score_replies` turn logits into
+  ``log p(reply_t | prompt, reply_<t)`` packed as (B, R), aligned with the given ids.
+
+Batches may mix text-only and image examples: only the examples with a picture contribute
+``pixel_values`` / ``image_grid_thw`` (in batch order). Tensors stay on the CPU; use
+`to_device`. Shapes: B batch, T tokens, R reply tokens, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+IGNORE = -100
+END_TOKEN = "<|im_end|>"
+MODEL_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "labels",
+    "pixel_values",
+    "image_grid_thw",
+    "mm_token_type_ids",
+)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One conversation: `messages` (chat format) with ``{"type": "image"}`` where `image` goes.
+
+    `reply` is the training target; `prefix` is forced text at the start of the reply
+    (never labelled, never scored: e.g. the true state for the image_oracle_state condition).
+    """
+
+    messages: list[dict]
+    reply: str | None = None
+    image: Image.Image | None = None
+    prefix: str = ""
+
+
+def _image_slots(messages: list[dict]) -> int:
+    slots = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):
+            slots += sum(1 for item in content if item.get("type") == "image")
+    return slots
+
+
+def text_ids(processor: Any, text: str) -> list[int]:
+    """Token ids of plain text (no special tokens added)."""
+    return processor.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def end_id(processor: Any) -> int:
+    return processor.tokenizer.convert_tokens_to_ids(END_TOKEN)
+
+
+def pad_id(processor: Any) -> int:
+    tok = processor.tokenizer
+    return tok.pad_token_id if tok.pad_token_id is not None else end_id(processor)
+
+
+def _encode_prompts(
+    processor: Any, examples: Sequence[Example]
+) -> tuple[list[list[int]], list[list[int]], dict[str, torch.Tensor]]:
+    """Per example: prompt ids (+ forced prefix), their modality types; the vision tensors."""
+    if not examples:
+        raise ValueError("empty batch: give at least one example")
+    for i, ex in enumerate(examples):
+        slots, has_image = _image_slots(ex.messages), ex.image is not None
+        if slots != int(has_image):
+            raise ValueError(
+                f"example {i}: {slots} image placeholders in the messages but "
+                f"{'an image' if has_image else 'no image'} given (need one placeholder per image)"
+            )
+    texts = [
+        processor.apply_chat_template(ex.messages, add_generation_prompt=True, tokenize=False)
+        for ex in examples
+    ]
+    images = [ex.image.convert("RGB") for ex in examples if ex.image is not None]
+    encoded = processor(text=texts, images=images or None, padding=False)
+    ids = [list(x) for x in encoded["input_ids"]]
+    types = [list(x) for x in encoded.get("mm_token_type_ids") or [[0] * len(r) for r in ids]]
+    for i, ex in enumerate(examples):
+        prefix = text_ids(processor, ex.prefix)
+        ids[i] += prefix
+        types[i] += [0] * len(prefix)
+    vision = {}
+    if images:
+        vision["pixel_values"] = torch.as_tensor(np.asarray(encoded["pixel_values"]))
+        vision["image_grid_thw"] = torch.as_tensor(np.asarray(encoded["image_grid_thw"]))
+    return ids, types, vision
+
+
+def _pad(rows: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out_BT = torch.full((len(rows), width), value, dtype=torch.long)
+    for b, row in enumerate(rows):
+        if not row:
+            continue
+        row_T = torch.tensor(row, dtype=torch.long)
+        if left:
+            out_BT[b, width - len(row) :] = row_T
+        else:
+            out_BT[b, : len(row)] = row_T
+    return out_BT
+
+
+def _assemble(
+    processor: Any,
+    ids: list[list[int]],
+    types: list[list[int]],
+    vision: dict[str, torch.Tensor],
+    left: bool = False,
+) -> dict[str, torch.Tensor]:
+    batch = {
+        "input_ids": _pad(ids, pad_id(processor), left),
+        "attention_mask": _pad([[1] * len(r) for r in ids], 0, left),
+    }
+    if vision:
+        batch.update(vision)
+        batch["mm_token_type_ids"] = _pad(types, 0, left)
+    return batch
+
+
+def collate_train(processor: Any, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+    """Right-padded [prompt + prefix + reply + <|im_end|>] with labels on the reply only."""
+    ids, types, vision = _encode_prompts(processor, examples)
+    labels = []
+    for i, ex in enumerate(examples):
+        if ex.reply is None:
+            raise ValueError(f"example {i}: collate_train needs a reply (the training target)")
+        reply = text_ids(processor, ex.reply) + [end_id(processor)]
+        labels.append([IGNORE] * len(ids[i]) + reply)
+        ids[i] = ids[i] + reply
+        types[i] = types[i] + [0] * len(reply)
+    batch = _assemble(processor, ids, types, vision)
+    batch["labels"] = _pad(labels, IGNORE)
+    return batch
+
+
+def collate_generate(processor: Any, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+    """Left-padded prompts ending with the assistant header and the forced prefix, if any."""
+    ids, types, vision = _encode_prompts(processor, examples)
+    return _assemble(processor, ids, types, vision, left=True)
+
+
+def collate_score(
+    processor: Any, examples: Sequence[Example], reply_token_ids: Sequence[Sequence[int]]
+) -> dict[str, torch.Tensor]:
+    """Right-padded [prompt + prefix + given reply ids]; ``reply_mask`` (B, T) marks the reply."""
+    if len(reply_token_ids) != len(examples):
+        raise ValueError(
+            f"collate_score: {len(reply_token_ids)} replies for {len(examples)} examples"
+        )
+    ids, types, vision = _encode_prompts(processor, examples)
+    marks = []
+    for i, reply in enumerate(reply_token_ids):
+        reply = [int(t) for t in reply]
+        marks.append([0] * len(ids[i]) + [1] * len(reply))
+        ids[i] = ids[i] + reply
+        types[i] = types[i] + [0] * len(reply)
+    batch = _assemble(processor, ids, types, vision)
+    batch["reply_mask"] = _pad(marks, 0).bool()
+    return batch
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys of a batch the model's forward takes (drops ``reply_mask``)."""
+    return {k: v for k, v in batch.items() if k in MODEL_KEYS}
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def reply_positions(mask_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence index of every reply token, packed left (B, R), and which entries are real."""
+    lengths_B = mask_BT.sum(1)
+    start_B = mask_BT.int().argmax(1)
+    steps_R = torch.arange(int(lengths_B.max()) if mask_BT.numel() else 0, device=mask_BT.device)
+    valid_BR = steps_R[None, :] < lengths_B[:, None]
+    pos_BR = torch.where(valid_BR, start_B[:, None] + steps_R[None, :], start_B[:, None])
+    return pos_BR, valid_BR
+
+
+def _gathered_logprobs(
+    logits_BRV: torch.Tensor, tokens_BR: torch.Tensor, valid_BR: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    logprobs_BRV = torch.log_softmax(logits_BRV.float(), dim=-1)
+    logprobs_BR = logprobs_BRV.gather(-1, tokens_BR[..., None]).squeeze(-1)
+    return logprobs_BR * valid_BR, valid_BR
+
+
+def reply_logprobs(
+    logits_BTV: torch.Tensor, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(reply_t | prompt, reply_<t) as (B, R) float32, and its mask (B, R).
+
+    `logits_BTV` are the full logits of a `collate_score` batch. Row b holds its reply's
+    log-probs in order at [:len_b] (zeros after). The logit at position p - 1 predicts the
+    token at p.
+    """
+    device = logits_BTV.device
+    pos_BR, valid_BR = reply_positions(batch["reply_mask"].to(device))
+    tokens_BR = batch["input_ids"].to(device).gather(1, pos_BR)
+    src_BR = (pos_BR - 1).clamp(min=0)
+    logits_BRV = logits_BTV.gather(1, src_BR[..., None].expand(-1, -1, logits_BTV.shape[-1]))
+    return _gathered_logprobs(logits_BRV, tokens_BR, valid_BR)
+
+
+def score_replies(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward a `collate_score` batch; `reply_logprobs` (gradients flow when enabled).
+
+    Only the logits of the window of positions that predict some reply token are computed
+    (``logits_to_keep`` as a 1-D index, which transformers >= 5.17 accepts), which matters for
+    big vocabularies and long prompts.
+    """
+    batch = to_device(batch, next(model.parameters()).device)
+    pos_BR, valid_BR = reply_positions(batch["reply_mask"])
+    tokens_BR = batch["input_ids"].gather(1, pos_BR)
+    if pos_BR.shape[1] == 0:
+        return torch.zeros(pos_BR.shape, device=pos_BR.device), valid_BR
+    lo = int(pos_BR[valid_BR].min()) - 1
+    hi = int(pos_BR[valid_BR].max())
+    window_K = torch.arange(lo, hi, device=pos_BR.device)
+    logits_BKV = model(**model_inputs(batch), logits_to_keep=window_K).logits
+    src_BR = (pos_BR - 1 - lo).clamp(0, hi - lo - 1)
+    logits_BRV = logits_BKV.gather(1, src_BR[..., None].expand(-1, -1, logits_BKV.shape[-1]))
+    return _gathered_logprobs(logits_BRV, tokens_BR, valid_BR)

@@ -1,0 +1,284 @@
+"""The wording of every prompt and target reply, in two styles.
+
+`compact` prompts are short fixed headers for scratch backbones (they learn the format from the
+data, so fewer prompt tokens is all that matters); `instruct` prompts explain the puzzle, its
+actions, the coordinates, the state and answer formats and the reply format, for pretrained
+instruct models. Three prompt kinds, all chat messages (the picture itself travels separately,
+the messages only hold its placeholder ``{"type": "image"}``):
+
+- `student_messages`: picture -> plan (the task);
+- `symbolic_messages`: the state as text (and, for the distillation teacher, the reference
+  plan) -> plan: the symbolic upper bound and the teacher's prompt;
+- `grounding_messages`: picture -> state text (MGSD stage 1).
+
+Replies (DESIGN.md section 4) start with the recovered state (`describe(state)`), then at most
+one line of reasoning, then ``<answer>...</answer>``; `parse_stated_state` reads the state back
+from a model's reply and never raises. `tokenizer_corpus` is the deterministic text the scratch
+tokenizer is trained on.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from mgsd import puzzles
+from mgsd.config import LEVEL_RANGE
+
+STYLES = ("compact", "instruct")
+_OPEN_ANSWER = re.compile(r"<\s*answer\s*>", re.IGNORECASE)
+
+# ---------------------------------------------------------------- instruct wording
+
+_COORDS = (
+    "Cells are written as 'row col', counting from 0: row 0 is the top row and column 0 the "
+    "left column."
+)
+_RULES = {
+    "frozenlake": (
+        "FrozenLake: an N x N grid of ice cells. The agent stands on the start cell and must "
+        "walk to the goal cell. Some cells are holes in the ice: stepping into a hole fails, and "
+        "so does moving off the grid."
+    ),
+    "maze": (
+        "Maze: an N x N grid of cells separated by walls. The agent must walk from the start "
+        "cell to the goal cell. Moving through a wall or off the grid fails."
+    ),
+    "minibehaviour": (
+        "MiniBehaviour (install the printer): an N x N floor with a table of 2 rows x 3 columns "
+        "and one printer. The agent must walk next to the printer, pick it up, walk next to the "
+        "table and drop the printer there ('next to' means sharing a side). Table cells can never "
+        "be entered; the printer's cell is blocked until the printer is picked up. Moving off "
+        "the grid fails. The task is done by the first legal drop."
+    ),
+}
+_PICTURE = {
+    "frozenlake": (
+        "In the picture the agent is the elf on the start cell (a stool), the goal is the "
+        "present, the holes are dark holes in the ice."
+    ),
+    "maze": (
+        "In the picture the walls are black and the corridors white; the yellow disc is the "
+        "start cell and the blue disc the goal cell."
+    ),
+    "minibehaviour": (
+        "In the picture the floor is black with grey grid lines, the table cells are tan, the "
+        "printer is the white icon and the agent is the red triangle."
+    ),
+}
+_ACTIONS = {
+    "frozenlake": "Actions: U (up), D (down), L (left), R (right).",
+    "maze": "Actions: U (up), D (down), L (left), R (right).",
+    "minibehaviour": (
+        "Actions: U (up), D (down), L (left), R (right), PICK (pick up the printer from a cell "
+        "next to it), DROP (put the carried printer down from a cell next to the table)."
+    ),
+}
+_STATE_FORMAT = {
+    "frozenlake": (
+        "State format, one item per line: 'size N', 'start r c', 'goal r c', and 'holes r c, "
+        "r c, ...' listing every hole sorted ('holes none' when there is none)."
+    ),
+    "maze": (
+        "State format, one item per line: 'size N', 'start r c', 'goal r c', then the line "
+        "'open' followed by N lines, one per row, giving for every cell the directions you can "
+        "leave it by, as letters in the order U D L R ('-' for none), cells separated by spaces."
+    ),
+    "minibehaviour": (
+        "State format, one item per line: 'size N', 'agent r c', 'printer r c', and 'table r c, "
+        "r c, ...' listing the six table cells sorted."
+    ),
+}
+_ANSWER_FORMAT = {
+    "frozenlake": "Answer format: the moves separated by spaces, e.g. <answer>R R D L</answer>.",
+    "maze": "Answer format: the moves separated by spaces, e.g. <answer>R R D L</answer>.",
+    "minibehaviour": (
+        "Answer format: the actions separated by commas, e.g. <answer>U,R,PICK,D,DROP</answer>."
+    ),
+}
+_REPLY_FORMAT = (
+    "Reply format: first write the state in the state format, then at most one line of "
+    "reasoning, then a shortest successful plan as <answer>...</answer>. Write nothing after "
+    "the answer."
+)
+
+
+def _check_style(style: str) -> None:
+    if style not in STYLES:
+        raise ValueError(f"prompt style {style!r} is not one of {', '.join(STYLES)}")
+
+
+def _module(puzzle_name: str) -> Any:
+    return puzzles.get(puzzle_name)
+
+
+def _state(puzzle_name: str, state: Any) -> Any:
+    """Accept a puzzle State or its canonical dict."""
+    return _module(puzzle_name).from_dict(state) if isinstance(state, dict) else state
+
+
+def _user(text: str, image: bool) -> list[dict]:
+    content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
+    return [{"role": "user", "content": content}]
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def student_messages(puzzle_name: str, style: str) -> list[dict]:
+    """Picture -> reply with state and plan (the task)."""
+    _check_style(style)
+    _module(puzzle_name)
+    if style == "compact":
+        return _user(f"{puzzle_name}: picture. Reply: state, then plan.", image=True)
+    text = "\n".join(
+        [
+            f"The picture shows one instance of this puzzle. {_RULES[puzzle_name]}",
+            _PICTURE[puzzle_name],
+            _COORDS,
+            _ACTIONS[puzzle_name],
+            _STATE_FORMAT[puzzle_name],
+            _ANSWER_FORMAT[puzzle_name],
+            _REPLY_FORMAT,
+        ]
+    )
+    return _user(text, image=True)
+
+
+def symbolic_messages(
+    puzzle_name: str, state: Any, style: str, plan: list[str] | None = None
+) -> list[dict]:
+    """The state as text -> reply; with `plan`, the reference plan too (distillation teacher)."""
+    _check_style(style)
+    module = _module(puzzle_name)
+    description = module.describe(_state(puzzle_name, state))
+    hint = None if plan is None else module.format_answer(list(plan))
+    if style == "compact":
+        lines = [f"{puzzle_name}: state", description]
+        if hint is not None:
+            lines.append(f"reference plan: {hint}")
+        lines.append("Reply: state, then plan.")
+        return _user("\n".join(lines), image=False)
+    lines = [
+        f"Here is one instance of this puzzle, written as text. {_RULES[puzzle_name]}",
+        _COORDS,
+        _ACTIONS[puzzle_name],
+        _STATE_FORMAT[puzzle_name],
+        "The state:",
+        description,
+    ]
+    if hint is not None:
+        lines.append(f"A reference shortest plan (use it): {hint}")
+    lines += [_ANSWER_FORMAT[puzzle_name], _REPLY_FORMAT]
+    return _user("\n".join(lines), image=False)
+
+
+def grounding_messages(puzzle_name: str, style: str) -> list[dict]:
+    """Picture -> the state text alone (MGSD stage 1)."""
+    _check_style(style)
+    _module(puzzle_name)
+    if style == "compact":
+        return _user(f"{puzzle_name}: picture. Reply: state.", image=True)
+    text = "\n".join(
+        [
+            f"The picture shows one instance of this puzzle. {_RULES[puzzle_name]}",
+            _PICTURE[puzzle_name],
+            _COORDS,
+            _STATE_FORMAT[puzzle_name],
+            "Reply with the state in the state format and nothing else.",
+        ]
+    )
+    return _user(text, image=True)
+
+
+# ---------------------------------------------------------------- replies
+
+
+def reply_text(puzzle_name: str, state: Any, style: str = "compact") -> str:
+    """The target reply: state, (instruct: one line of reasoning), then the optimal answer."""
+    _check_style(style)
+    module = _module(puzzle_name)
+    state = _state(puzzle_name, state)
+    plan = module.solve(state)
+    lines = [module.describe(state)]
+    if style == "instruct":
+        lines.append(f"A shortest plan has {len(plan)} actions.")
+    lines.append(f"<answer>{module.format_answer(plan)}</answer>")
+    return "\n".join(lines)
+
+
+def state_prefix(puzzle_name: str, state: Any) -> str:
+    """The true state, forced as the start of the reply (image_oracle_state condition).
+
+    `reply_text` begins with it in every style, so ``reply_text[len(state_prefix):]`` is the
+    rest of the target reply.
+    """
+    return _module(puzzle_name).describe(_state(puzzle_name, state)) + "\n"
+
+
+def grounding_reply(puzzle_name: str, state: Any) -> str:
+    """The target of grounding: the state text alone."""
+    return _module(puzzle_name).describe(_state(puzzle_name, state))
+
+
+def stated_state_text(reply: Any) -> str:
+    """The part of a reply before its last ``<answer>`` tag (all of it when there is none)."""
+    if not isinstance(reply, str):
+        return ""
+    starts = [m.start() for m in _OPEN_ANSWER.finditer(reply)]
+    return reply[: starts[-1]] if starts else reply
+
+
+def parse_stated_state(puzzle_name: str, reply: Any) -> dict:
+    """The state fields a reply states before its last answer; ``{}`` when none. Never raises."""
+    module = _module(puzzle_name)
+    try:
+        fields = module.parse_description(stated_state_text(reply))
+    except Exception:  # a puzzle parser bug must not crash an evaluation of model text
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
+# ---------------------------------------------------------------- tokenizer corpus
+
+CORPUS_SIDES = range(3, 9)
+CORPUS_SEEDS = range(4)
+
+
+def _message_text(messages: list[dict]) -> str:
+    parts = []
+    for m in messages:
+        parts.append(m["role"])
+        parts += [c["text"] for c in m["content"] if c["type"] == "text"]
+    return "\n".join(parts)
+
+
+def tokenizer_corpus() -> list[str]:
+    """Deterministic text covering every prompt and reply of both styles, sides 3-8.
+
+    Instance-specific texts (state prompts, replies) are repeated per instance; the fixed
+    instruct prompts appear once per puzzle, so that the BPE merges favour the state and
+    answer text that scratch models read and write most.
+    """
+    corpus = ["system\nuser\nassistant"]
+    for name in puzzles.NAMES:
+        module = _module(name)
+        lo, hi = LEVEL_RANGE[name]
+        for style in STYLES:
+            corpus.append(_message_text(student_messages(name, style)))
+            corpus.append(_message_text(grounding_messages(name, style)))
+        for level in CORPUS_SIDES:
+            if not lo <= level <= hi:
+                continue
+            for seed in CORPUS_SEEDS:
+                state = module.generate(level, seed)
+                plan = module.solve(state)
+                corpus.append(_message_text(symbolic_messages(name, state, "compact")))
+                corpus.append(_message_text(symbolic_messages(name, state, "compact", plan)))
+                corpus.append(reply_text(name, state, "compact"))
+                corpus.append(reply_text(name, state, "instruct"))
+        state = module.generate(max(4, lo), 0)
+        corpus.append(
+            _message_text(symbolic_messages(name, state, "instruct", module.solve(state)))
+        )
+    return corpus
