@@ -153,3 +153,27 @@ def test_tiny_model_learns_eight_replies(tiny_model_dir, tiny_image_size):
     gens = generate(model, processor, prompts_only, 64, stop_at_answer=False)
     assert [g.text for g in gens] == [e.reply for e in examples]
     assert all(g.finished and g.token_ids[-1] == end_id(processor) for g in gens)
+
+
+def test_sampled_replies_never_contain_structural_tokens(tiny, examples):
+    """A reply with an image placeholder would break scoring it under another prompt."""
+    from mgsd.model.generate import banned_ids
+
+    model, processor = tiny
+    banned = set(banned_ids(processor.tokenizer))
+    assert len(banned) == 5
+    # push the banned tokens to the top of the distribution: they must still never be chosen
+    head = model.get_output_embeddings()
+    saved = head.weight.detach().clone()
+    with torch.no_grad():
+        head.weight[sorted(banned)] *= 50
+    try:
+        for temperature in (0.0, 2.0):
+            gens = generate(model, processor, examples * 4, 24, temperature=temperature, seed=3)
+            assert not banned & {t for g in gens for t in g.token_ids}
+            batch = collate_score(processor, examples * 4, [g.token_ids for g in gens])
+            with torch.no_grad():
+                score_replies(model, batch)  # image tokens still match image features
+    finally:
+        with torch.no_grad():
+            head.weight.copy_(saved)

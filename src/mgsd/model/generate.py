@@ -7,7 +7,8 @@ when ``temperature == 0``, else a sample from softmax(logits / temperature) rest
 `top_p` nucleus, drawn from a private generator seeded by `seed`), records the log-prob of the
 chosen token under the model's temperature-1 distribution (``log_softmax`` of the raw logits,
 the quantity distillation compares with the teacher) and hands ``generate`` a one-hot score so
-its greedy step takes that token.
+its greedy step takes that token. Structural special tokens (`BANNED_IN_REPLY`: chat and
+vision markers) are never chosen.
 
 A sequence stops at ``<|im_end|>`` / ``<|endoftext|>`` (kept in its token ids) or, with
 `stop_at_answer`, right after the token that closes ``</answer>``. A reply that never closes an
@@ -47,11 +48,28 @@ class Generation:
     finished: bool  # the reply closed an answer block
 
 
+# Structural tokens a reply must never contain: an image placeholder in a sampled reply would
+# break every later forward pass over [prompt + reply] (image tokens != image features).
+BANNED_IN_REPLY = (
+    "<|im_start|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+def banned_ids(tokenizer: Any) -> list[int]:
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab[t] for t in BANNED_IN_REPLY if t in vocab)
+
+
 class _Chooser(LogitsProcessor):
     """Picks each next token and records its log-prob under the raw logits."""
 
-    def __init__(self, temperature: float, top_p: float, seed: int | None):
+    def __init__(self, temperature: float, top_p: float, seed: int | None, banned: list[int]):
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
+        self.banned = banned
         self.generator: torch.Generator | None = None
         self.logprobs: list[torch.Tensor] = []  # one (B,) per step
 
@@ -71,7 +89,9 @@ class _Chooser(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         logits_BV = scores.float()
-        chosen_B = logits_BV.argmax(-1) if self.temperature == 0 else self._sample(logits_BV)
+        allowed_BV = logits_BV.clone()
+        allowed_BV[:, self.banned] = float("-inf")
+        chosen_B = allowed_BV.argmax(-1) if self.temperature == 0 else self._sample(allowed_BV)
         logprobs_BV = torch.log_softmax(logits_BV, dim=-1)
         self.logprobs.append(logprobs_BV.gather(1, chosen_B[:, None]).squeeze(1))
         forced_BV = torch.full_like(logits_BV, float("-inf"))
@@ -140,7 +160,7 @@ def generate(
     batch = to_device(collate_generate(processor, examples), device)
     prompt_len = batch["input_ids"].shape[1]
     config = _generation_config(processor, max_new_tokens)
-    chooser = _Chooser(temperature, top_p, seed)
+    chooser = _Chooser(temperature, top_p, seed, banned_ids(processor.tokenizer))
     stop = _AnswerStop(processor.tokenizer, prompt_len, len(examples))
     # generate() fills every setting we leave unset from the model's own generation config
     # (a pretrained model's may sample, penalise repeats, force a minimum length...): swap in

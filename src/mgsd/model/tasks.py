@@ -1,0 +1,93 @@
+"""From a data row to what a model sees and says, for every stage and evaluation condition.
+
+| task | prompt | target reply |
+| --- | --- | --- |
+| `student` | picture + student prompt (the real task; sft_direct, distillation) | state, then plan |
+| `symbolic` | state as text (symbolic pretraining, the `text` condition) | state, then plan |
+| `teacher` | state as text + the reference plan (the distillation teacher) | state, then plan |
+| `grounding` | picture + grounding prompt (MGSD stage 1) | the state text |
+| `oracle` | picture + student prompt, the true state forced as the reply's start | the plan |
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from functools import cached_property
+
+from PIL import Image
+
+from mgsd import puzzles
+from mgsd.data import records
+from mgsd.model import prompts
+from mgsd.model.batching import Example
+
+STAGE_TASK = {"symbolic_pretrain": "symbolic", "grounding": "grounding", "sft_direct": "student"}
+CONDITION_TASK = {"image": "student", "text": "symbolic", "image_oracle_state": "oracle"}
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One data row, with its state and picture decoded on first use."""
+
+    id: str
+    puzzle: str
+    level: int
+    state_json: str
+    image_png: bytes
+    solution: str
+
+    @cached_property
+    def state(self):
+        return puzzles.get(self.puzzle).from_dict(json.loads(self.state_json))
+
+    @cached_property
+    def image(self) -> Image.Image:
+        return Image.open(io.BytesIO(self.image_png)).convert("RGB")
+
+    @cached_property
+    def plan(self) -> list[str]:
+        return puzzles.get(self.puzzle).parse_answer(f"<answer>{self.solution}</answer>") or []
+
+
+def load_instances(paths: list[str]) -> list[Instance]:
+    """The rows of several data files, in file order."""
+    out = []
+    for path in paths:
+        for r in records.read_data(path):
+            out.append(
+                Instance(r["id"], r["puzzle"], r["level"], r["state"], r["image"], r["solution"])
+            )
+    return out
+
+
+def make_example(task: str, inst: Instance, style: str, with_reply: bool = True) -> Example:
+    """The model input (and, for training, the target reply) of `inst` under `task`."""
+    p, s = inst.puzzle, inst.state
+    full = prompts.reply_text(p, s)
+    if task == "student":
+        return Example(prompts.student_messages(p, style), full if with_reply else None, inst.image)
+    if task == "symbolic":
+        return Example(prompts.symbolic_messages(p, s, style), full if with_reply else None, None)
+    if task == "teacher":
+        msgs = prompts.symbolic_messages(p, s, style, plan=inst.plan)
+        return Example(msgs, full if with_reply else None, None)
+    if task == "grounding":
+        reply = prompts.grounding_reply(p, s) if with_reply else None
+        return Example(prompts.grounding_messages(p, style), reply, inst.image)
+    if task == "oracle":
+        prefix = prompts.state_prefix(p, s)
+        reply = full[len(prefix) :] if with_reply else None
+        return Example(prompts.student_messages(p, style), reply, inst.image, prefix=prefix)
+    raise ValueError(f"unknown task {task!r} (student, symbolic, teacher, grounding, oracle)")
+
+
+def task_success(task: str, inst: Instance, reply: str) -> bool:
+    """Greedy validation success: the right state for grounding, a solved puzzle otherwise."""
+    p = puzzles.get(inst.puzzle)
+    if task == "grounding":
+        stated = prompts.parse_stated_state(inst.puzzle, reply + "\n<answer></answer>")
+        truth = p.field_values(inst.state)
+        return all(stated.get(k) == v for k, v in truth.items())
+    return p.score(inst.state, reply).success

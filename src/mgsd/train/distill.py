@@ -1,0 +1,265 @@
+"""`mgsd distill`: on-policy distillation from a symbolic teacher (MGSD stage 2), one loop.
+
+    mgsd distill --method mgsd --init results/default/models/grounding/model \
+        --teacher results/default/models/base/model --teacher-sees-plan \
+        --loss sampled_reverse_kl --train .../train.parquet --val .../val.parquet \
+        --config '<the distill section as JSON>' --out .../models/mgsd/model \
+        --metrics .../metrics.json --log .../train_log.jsonl --work results/default/work/mgsd
+
+Each step (the maths is in `mgsd.train.losses`):
+1. B training instances, a function of (seed, step); n replies each sampled from the student on
+   the picture prompt (no gradient);
+2. the frozen teacher scores the same reply tokens given the symbolic prompt (the state text,
+   plus the reference plan with `--teacher-sees-plan`);
+3. `A_t = log p_teacher(y_t) - log p_student_old(y_t)` and one update: the clipped policy
+   gradient on A (`sampled_reverse_kl`, the paper) or the exact reverse KL over the vocabulary
+   (`full_reverse_kl`, ablation). There is one update per batch, so the "old" student is the
+   current one and its log-probs come from the same forward pass (ratio = 1).
+The task reward of the samples is logged, and enters the advantage only with `reward_weight`.
+Checkpoints, resume, signals and `accelerate launch` work as in `mgsd train-sft`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from mgsd import puzzles
+from mgsd.config import ConfigError, DistillConfig, load_section, to_dict
+from mgsd.data.records import RecordError
+from mgsd.model.batching import collate_score
+from mgsd.model.generate import generate
+from mgsd.model.load import load_model, save_model
+from mgsd.model.lora import freeze_vision
+from mgsd.model.tasks import load_instances, make_example, task_success
+from mgsd.train import common, losses
+from mgsd.train.sft import to_device, validation_set
+
+LOSSES = ("sampled_reverse_kl", "full_reverse_kl")
+
+
+def reply_logits(model, processor, examples, reply_ids: list[list[int]], device):
+    """Logits that score each reply token, `(B, T, V)`, and the reply mask `(B, T)`.
+
+    Row b, position t holds the distribution that predicted reply token t, whatever the length
+    of the prompt in front of it (prompts of the teacher and the student differ).
+    """
+    batch = to_device(collate_score(processor, examples, reply_ids), device)
+    reply_mask_BL = batch.pop("reply_mask")
+    logits_BLV = model(**batch).logits
+    # the logits at position l predict the token at l + 1
+    pred_mask_BL = torch.zeros_like(reply_mask_BL)
+    pred_mask_BL[:, :-1] = reply_mask_BL[:, 1:]
+    T = max(1, max(len(r) for r in reply_ids))
+    B, _, V = logits_BLV.shape
+    rows_B, cols_B = pred_mask_BL.nonzero(as_tuple=True)
+    counts_B = pred_mask_BL.sum(1)
+    offsets = torch.cumsum(counts_B, 0) - counts_B
+    t_N = torch.arange(rows_B.numel(), device=device) - offsets[rows_B]
+    out_BTV = logits_BLV.new_zeros(B, T, V)
+    out_BTV[rows_B, t_N] = logits_BLV[rows_B, cols_B]
+    mask_BT = torch.zeros(B, T, dtype=torch.bool, device=device)
+    mask_BT[rows_B, t_N] = True
+    return out_BTV, mask_BT
+
+
+def pad_ids(reply_ids: list[list[int]], device) -> torch.Tensor:
+    T = max(1, max(len(r) for r in reply_ids))
+    out = torch.zeros(len(reply_ids), T, dtype=torch.long, device=device)
+    for b, r in enumerate(reply_ids):
+        out[b, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def sample(student, processor, insts, cfg: DistillConfig, style, seed, device):
+    """n replies per instance from the student on the picture prompt; returns the flat lists."""
+    examples = [make_example("student", x, style, with_reply=False)
+                for x in insts for _ in range(cfg.samples_per_prompt)]
+    flat = [x for x in insts for _ in range(cfg.samples_per_prompt)]
+    student.eval()
+    with torch.no_grad():
+        gens = generate(student, processor, examples, max_new_tokens=cfg.max_new_tokens,
+                        temperature=cfg.temperature, seed=seed)
+    student.train()
+    return flat, examples, gens
+
+
+def distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc):
+    """Teacher scoring and the student's loss for this process's samples (not yet scaled)."""
+    replies = [list(g.token_ids) or [processor.tokenizer.eos_token_id] for g in gens]
+    task = "teacher" if args.teacher_sees_plan else "symbolic"
+    t_examples = [make_example(task, x, args.style, with_reply=False) for x in flat]
+    t0 = time.perf_counter()
+    with torch.no_grad(), acc.autocast():
+        t_logits_BTV, t_mask_BT = reply_logits(teacher, processor, t_examples, replies, acc.device)
+    t_teacher = time.perf_counter() - t0
+    with acc.autocast():
+        s_logits_BTV, mask_BT = reply_logits(model, processor, examples, replies, acc.device)
+    if not torch.equal(mask_BT, t_mask_BT):
+        raise RuntimeError("teacher and student reply positions differ: alignment bug")
+    tokens_BT = pad_ids(replies, acc.device)
+    logp_BT = losses.token_logprobs(s_logits_BTV, tokens_BT)
+    teacher_BT = losses.token_logprobs(t_logits_BTV, tokens_BT)
+    rewards_B = torch.tensor([float(puzzles.get(x.puzzle).score(x.state, g.text).success)
+                              for x, g in zip(flat, gens, strict=True)], device=acc.device)
+    if args.loss == "full_reverse_kl":
+        loss, st = losses.full_reverse_kl_loss(s_logits_BTV, t_logits_BTV, mask_BT)
+        st = {**st, "teacher_logprob": losses.masked_mean(teacher_BT, mask_BT).item(),
+              "student_logprob": losses.masked_mean(logp_BT.detach(), mask_BT).item()}
+    else:
+        adv_BT = losses.advantages(teacher_BT, logp_BT.detach(), mask_BT, rewards_B,
+                                   cfg.reward_weight)
+        loss, st = losses.sampled_reverse_kl_loss(logp_BT, logp_BT.detach(), adv_BT, mask_BT,
+                                                  cfg.clip_eps, teacher_logprobs_BT=teacher_BT)
+    parsed = [puzzles.get(x.puzzle).parse_answer(g.text) is not None
+              for x, g in zip(flat, gens, strict=True)]
+    st.update(sample_success=rewards_B.mean().item(), parse_rate=sum(parsed) / len(parsed),
+              reply_tokens=sum(map(len, replies)) / len(replies), teacher_seconds=t_teacher)
+    return loss, st
+
+
+def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
+    acc = common.setup(cfg.seed)
+    train_set = load_instances(args.train)
+    val_set = validation_set(load_instances(args.val), cfg.val_instances, cfg.seed)
+    model, processor = load_model(args.init, device=acc.device, trainable=True)
+    if not cfg.train_vision:
+        freeze_vision(model)
+    teacher, _ = load_model(args.teacher, device=acc.device, trainable=False)
+    teacher.eval().requires_grad_(False)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = common.make_optimizer(trainable, cfg.lr, cfg.weight_decay)
+    sched = common.make_schedule(opt, cfg.steps, cfg.warmup_ratio, cfg.schedule)
+    model, opt = acc.prepare(model, opt)
+    ckpt = common.latest_checkpoint(args.work)
+    start = common.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
+    if ckpt:
+        print(f"resuming {args.method} from {ckpt} (step {start} of {cfg.steps})", file=sys.stderr)
+    log, stop = common.JsonlLogger(args.log, start), common.StopSignal()
+    meter, bar = common.Meter(acc.device), common.progress(cfg.steps, start, args.method)
+    raw = acc.unwrap_model(model)
+    if cfg.batch_size % acc.num_processes:
+        raise ConfigError(f"distill.batch_size: {cfg.batch_size} is not divisible by "
+                          f"{acc.num_processes} processes")
+    t_start, last = time.perf_counter(), {}
+    for step in range(start, cfg.steps):
+        ids = common.shard(common.batch_indices(len(train_set), cfg.batch_size, cfg.seed, step),
+                           acc.process_index, acc.num_processes)
+        insts = [train_set[i] for i in ids]
+        t0 = time.perf_counter()
+        if cfg.teacher_offload:
+            teacher.to("cpu")
+        with common.explain_oom("distill"):
+            flat, examples, gens = sample(raw, processor, insts, cfg, args.style,
+                                          seed=cfg.seed * 1_000_003 + step * 1009 + acc.process_index,
+                                          device=acc.device)
+            t_sample = time.perf_counter() - t0
+            if cfg.teacher_offload:
+                teacher.to(acc.device)
+            t1 = time.perf_counter()
+            loss, st = distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc)
+            own = torch.tensor(st["tokens"], device=acc.device)
+            global_tokens = acc.reduce(own, reduction="sum").item()
+            acc.backward(loss * st["tokens"] / max(global_tokens, 1) * acc.num_processes)
+        grad_norm = acc.clip_grad_norm_(trainable, cfg.grad_clip) if cfg.grad_clip else None
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        t_update = time.perf_counter() - t1 - st["teacher_seconds"]
+        sampled = sum(len(g.token_ids) for g in gens)
+        meter.update(sampled)
+        done = step + 1
+        keys = ("reverse_kl", "teacher_logprob", "student_logprob", "sample_success", "parse_rate",
+                "reply_tokens", "clip_frac", "ratio_mean")
+        vals = acc.reduce(torch.tensor([st.get(k, 0.0) for k in keys], device=acc.device), "mean")
+        last = {f"distill/{k}": v.item() for k, v in zip(keys, vals, strict=True) if k in st}
+        last.update({"distill/loss": loss.item(), "train/lr": sched.get_last_lr()[0],
+                     "perf/sample_tokens_per_s": sampled / max(t_sample, 1e-9),
+                     "perf/teacher_tokens_per_s": st["tokens"] / max(st["teacher_seconds"], 1e-9),
+                     "perf/update_tokens_per_s": st["tokens"] / max(t_update, 1e-9),
+                     "perf/sample_s": t_sample, "perf/teacher_s": st["teacher_seconds"],
+                     "perf/update_s": t_update})
+        if grad_norm is not None:
+            last["train/grad_norm"] = float(grad_norm)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+            if acc.is_main_process:
+                last.update(validate_student(raw, processor, val_set, args.style, cfg, acc.device))
+            acc.wait_for_everyone()
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            log.log(done, {**last, **meter.stats()})
+        bar.update()
+        bar.set_postfix(kl=f"{last['distill/reverse_kl']:.3f}")
+        stopping = stop.requested(acc)
+        if stopping or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+                        and done < cfg.steps):
+            common.save_checkpoint(args.work, done, model, opt, sched, acc)
+            if stopping:
+                common.exit_for_resume(done)
+    bar.close()
+    final = {}
+    if acc.is_main_process:
+        final = validate_student(raw, processor, val_set, args.style, cfg, acc.device)
+        log.log(cfg.steps, final)
+        save_model(raw, processor, args.out, {
+            "stage": "distill", "method": args.method, "init": args.init, "teacher": args.teacher,
+            "teacher_sees_plan": args.teacher_sees_plan, "loss": args.loss,
+            "config": to_dict(cfg)})
+    acc.wait_for_everyone()
+    log.close()
+    return {"method": args.method, "steps": cfg.steps,
+            "examples_seen": cfg.steps * cfg.batch_size * cfg.samples_per_prompt,
+            "seconds": time.perf_counter() - t_start, **final,
+            **{k: v for k, v in last.items() if k.startswith("distill/")}}
+
+
+@torch.no_grad()
+def validate_student(model, processor, insts, style, cfg: DistillConfig, device) -> dict:
+    model.eval()
+    wins = 0
+    for i in range(0, len(insts), cfg.batch_size):
+        chunk = insts[i : i + cfg.batch_size]
+        gens = generate(model, processor, [make_example("student", x, style, with_reply=False)
+                                           for x in chunk], max_new_tokens=cfg.max_new_tokens)
+        wins += sum(task_success("student", x, g.text) for x, g in zip(chunk, gens, strict=True))
+    model.train()
+    return {"val/success": wins / max(len(insts), 1)}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="mgsd distill", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--method", required=True, help="name of the method (logs and model card)")
+    ap.add_argument("--init", required=True, help="student's initial model folder or hub id")
+    ap.add_argument("--teacher", required=True, help="frozen teacher model folder or hub id")
+    ap.add_argument("--teacher-sees-plan", action="store_true",
+                    help="the teacher's prompt includes the reference plan (the paper's default)")
+    ap.add_argument("--loss", default="sampled_reverse_kl", choices=LOSSES)
+    ap.add_argument("--train", required=True, nargs="+", help="training Parquet files")
+    ap.add_argument("--val", required=True, nargs="+", help="validation Parquet files")
+    ap.add_argument("--config", required=True, help="the distill section as JSON (or @file)")
+    ap.add_argument("--prompt-style", dest="style", default="compact",
+                    choices=("compact", "instruct"))
+    ap.add_argument("--out", required=True, help="final model folder")
+    ap.add_argument("--metrics", required=True, help="final metrics JSON")
+    ap.add_argument("--log", required=True, help="JSONL training log")
+    ap.add_argument("--work", required=True, help="folder for resumable checkpoints")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_section(DistillConfig, args.config, "distill")
+        metrics = train(args, cfg)
+    except (ConfigError, RecordError, common.CheckpointError, FileNotFoundError) as e:
+        print(f"mgsd distill: {e}", file=sys.stderr)
+        return 1
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        common.write_atomic_json(args.metrics, metrics)
+    return 0

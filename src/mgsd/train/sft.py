@@ -1,0 +1,196 @@
+"""`mgsd train-sft`: the supervised stages, one loop.
+
+    mgsd train-sft --stage grounding --init results/default/models/base/model \
+        --train results/default/data/*/train.parquet --val results/default/data/*/val.parquet \
+        --config '<the grounding section as JSON>' --out results/default/models/grounding/model \
+        --metrics .../metrics.json --log .../train_log.jsonl --work results/default/work/grounding
+
+Stages (the task each trains is in `mgsd.model.tasks`):
+- `symbolic_pretrain` (scratch backbones): state as text -> state + plan. Its output is the
+  "base" model: the frozen teacher, the symbolic upper bound and the student's start.
+- `grounding` (MGSD stage 1): picture -> state text. LoRA or full fine-tuning.
+- `sft_direct` (baseline): picture -> state + optimal plan.
+
+The loss is the token mean over the whole global batch (all micro-batches, all processes), so
+`accelerate launch --num_processes N` follows the same curve as one process. Checkpoints go to
+`--work` every `checkpoint_every` steps and on SIGTERM / SIGUSR1 (exit code 75); rerunning the
+same command resumes. LoRA adapters are merged at the end: the output is a plain model folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import torch
+
+from mgsd.config import ConfigError, TrainConfig, load_section, to_dict
+from mgsd.data.records import RecordError
+from mgsd.model.batching import collate_train
+from mgsd.model.generate import generate
+from mgsd.model.load import load_model, save_model
+from mgsd.model.lora import apply_lora, freeze_vision, merge_lora
+from mgsd.model.tasks import STAGE_TASK, load_instances, make_example, task_success
+from mgsd.train import common, losses
+
+
+def validation_set(insts, n, seed):
+    """A fixed, seeded sample of `n` validation instances spread over puzzles and sides."""
+    order = np.random.default_rng(seed).permutation(len(insts))
+    return [insts[i] for i in order[: min(n, len(insts))]]
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def validate(model, processor, insts, task, style, cfg: TrainConfig, device) -> dict:
+    """Validation loss (token mean) and greedy success on `insts`."""
+    model.eval()
+    total, tokens, wins = 0.0, 0, 0
+    bs = max(1, cfg.batch_size // cfg.grad_accum)
+    for i in range(0, len(insts), bs):
+        chunk = insts[i : i + bs]
+        batch = to_device(collate_train(processor, [make_example(task, x, style) for x in chunk]),
+                          device)
+        labels = batch.pop("labels")
+        _, st = losses.sft_loss(model(**batch).logits, labels)
+        total, tokens = total + st["loss"] * st["tokens"], tokens + st["tokens"]
+        gens = generate(model, processor, [make_example(task, x, style, with_reply=False)
+                                           for x in chunk], max_new_tokens=cfg.val_max_new_tokens)
+        wins += sum(task_success(task, x, g.text) for x, g in zip(chunk, gens, strict=True))
+    model.train()
+    return {"val/loss": total / max(tokens, 1), "val/success": wins / max(len(insts), 1)}
+
+
+def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
+    task = STAGE_TASK[args.stage]
+    acc = common.setup(cfg.seed)
+    train_set = load_instances(args.train)
+    val_set = validation_set(load_instances(args.val), cfg.val_instances, cfg.seed)
+    model, processor = load_model(args.init, device=acc.device, trainable=True)
+    if cfg.finetune == "lora":
+        model = apply_lora(model, cfg.lora, cfg.train_vision)
+    elif not cfg.train_vision:
+        freeze_vision(model)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = common.make_optimizer(trainable, cfg.lr, cfg.weight_decay)
+    sched = common.make_schedule(opt, cfg.steps, cfg.warmup_ratio, cfg.schedule)
+    model, opt = acc.prepare(model, opt)
+    ckpt = common.latest_checkpoint(args.work)
+    start = common.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
+    if ckpt:
+        print(f"resuming {args.stage} from {ckpt} (step {start} of {cfg.steps})", file=sys.stderr)
+    log, stop = common.JsonlLogger(args.log, start), common.StopSignal()
+    meter, bar = common.Meter(acc.device), common.progress(cfg.steps, start, args.stage)
+    raw = acc.unwrap_model(model)
+    micro = cfg.batch_size // cfg.grad_accum // acc.num_processes
+    if micro < 1 or cfg.batch_size % (cfg.grad_accum * acc.num_processes):
+        raise ConfigError(f"{args.stage}.batch_size: {cfg.batch_size} is not divisible by "
+                          f"grad_accum x processes = {cfg.grad_accum * acc.num_processes}")
+    t_start, last = time.perf_counter(), {}
+    for step in range(start, cfg.steps):
+        ids = common.shard(common.batch_indices(len(train_set), cfg.batch_size, cfg.seed, step),
+                           acc.process_index, acc.num_processes)
+        batches = [collate_train(processor, [make_example(task, train_set[i], args.style)
+                                             for i in ids[j : j + micro]])
+                   for j in range(0, len(ids), micro)]
+        # normalise by the reply tokens of the whole global batch: DDP averages gradients over
+        # processes, so each process scales its share by the number of processes
+        own = torch.tensor(float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)),
+                           device=acc.device)
+        global_tokens = acc.reduce(own, reduction="sum").item()
+        loss_sum, acc_sum = 0.0, 0.0
+        for j, batch in enumerate(batches):
+            batch = to_device(batch, acc.device)
+            labels = batch.pop("labels")
+            ctx = acc.no_sync(model) if j < len(batches) - 1 else _null()
+            with ctx, acc.autocast(), common.explain_oom(args.stage):
+                loss, st = losses.sft_loss(model(**batch).logits, labels)
+                acc.backward(loss * st["tokens"] / global_tokens * acc.num_processes)
+            loss_sum += st["loss"] * st["tokens"]
+            acc_sum += st["token_accuracy"] * st["tokens"]
+            meter.update(batch["input_ids"].numel())
+        grad_norm = acc.clip_grad_norm_(trainable, cfg.grad_clip) if cfg.grad_clip else None
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        done = step + 1
+        stats = acc.reduce(torch.tensor([loss_sum, acc_sum], device=acc.device), "sum")
+        last = {"train/loss": stats[0].item() / global_tokens,
+                "train/token_accuracy": stats[1].item() / global_tokens,
+                "train/lr": sched.get_last_lr()[0], "train/tokens": global_tokens}
+        if grad_norm is not None:
+            last["train/grad_norm"] = float(grad_norm)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+            if acc.is_main_process:
+                last.update(validate(raw, processor, val_set, task, args.style, cfg, acc.device))
+            acc.wait_for_everyone()
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            log.log(done, {**last, **meter.stats()})
+        bar.update()
+        bar.set_postfix(loss=f"{last['train/loss']:.4f}")
+        stopping = stop.requested(acc)
+        if stopping or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0
+                        and done < cfg.steps):
+            common.save_checkpoint(args.work, done, model, opt, sched, acc)
+            if stopping:
+                common.exit_for_resume(done)
+    bar.close()
+    final = {}
+    if acc.is_main_process:
+        final = validate(raw, processor, val_set, task, args.style, cfg, acc.device)
+        log.log(cfg.steps, final)
+        out = merge_lora(raw) if cfg.finetune == "lora" else raw
+        save_model(out, processor, args.out, {"stage": args.stage, "init": args.init,
+                                              "config": to_dict(cfg)})
+    acc.wait_for_everyone()
+    log.close()
+    return {"stage": args.stage, "steps": cfg.steps, "examples_seen": cfg.steps * cfg.batch_size,
+            "seconds": time.perf_counter() - t_start, **final,
+            **{k: v for k, v in last.items() if k.startswith("train/")}}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="mgsd train-sft", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", required=True, choices=sorted(STAGE_TASK))
+    ap.add_argument("--init", required=True, help="model folder or hub id to start from")
+    ap.add_argument("--train", required=True, nargs="+", help="training Parquet files")
+    ap.add_argument("--val", required=True, nargs="+", help="validation Parquet files")
+    ap.add_argument("--config", required=True, help="the stage's config section as JSON (or @file)")
+    ap.add_argument("--prompt-style", dest="style", default="compact",
+                    choices=("compact", "instruct"))
+    ap.add_argument("--out", required=True, help="final model folder")
+    ap.add_argument("--metrics", required=True, help="final metrics JSON")
+    ap.add_argument("--log", required=True, help="JSONL training log")
+    ap.add_argument("--work", required=True, help="folder for resumable checkpoints")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_section(TrainConfig, args.config, args.stage)
+        metrics = train(args, cfg)
+    except (ConfigError, RecordError, common.CheckpointError, FileNotFoundError) as e:
+        print(f"mgsd train-sft: {e}", file=sys.stderr)
+        return 1
+    if metrics:
+        from accelerate import PartialState
+
+        if PartialState().is_main_process:
+            common.write_atomic_json(args.metrics, metrics)
+    return 0
