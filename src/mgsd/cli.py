@@ -10,8 +10,14 @@ import importlib
 import sys
 
 STAGES = {
-    "generate": ("mgsd.data.generate", "build one (puzzle, split) Parquet file (generated, or a checked benchmark import)"),
-    "build-scratch": ("mgsd.model.build_cli", "a scratch Qwen3-VL backbone with an offline processor"),
+    "generate": (
+        "mgsd.data.generate",
+        "build one (puzzle, split) Parquet file (generated, or a checked benchmark import)",
+    ),
+    "build-scratch": (
+        "mgsd.model.build_cli",
+        "a scratch Qwen3-VL backbone with an offline processor",
+    ),
     "train-sft": ("mgsd.train.sft", "supervised stages: symbolic_pretrain, grounding, sft_direct"),
     "distill": ("mgsd.train.distill", "on-policy distillation from a symbolic teacher"),
     "evaluate": ("mgsd.eval.evaluate", "one model x one puzzle x one condition -> records"),

@@ -112,10 +112,19 @@ def test_data_rules_run_and_test_seed_change_reruns_only_test_sets(tmp_path):
 
 
 def test_benchmark_test_sets_come_first_and_are_excluded_from_training(tmp_path, benchmarks_dir):
-    bench = overlay(tmp_path, "bench.yaml", {"data": {
-        "benchmarks_dir": str(benchmarks_dir),
-        "puzzles": {"frozenlake": {"test_source": "vsp"}, "minibehaviour": {"test_source": "vprl"}},
-    }})
+    bench = overlay(
+        tmp_path,
+        "bench.yaml",
+        {
+            "data": {
+                "benchmarks_dir": str(benchmarks_dir),
+                "puzzles": {
+                    "frozenlake": {"test_source": "vsp"},
+                    "minibehaviour": {"test_source": "vprl"},
+                },
+            }
+        },
+    )
     out = snakemake(tmp_path, "-n", "-p", "data", "--configfile", str(SMOKE), str(bench)).stdout
     commands = [line for line in out.splitlines() if "mgsd generate" in line]
     fl_train = next(c for c in commands if "frozenlake --split train" in c)

@@ -67,12 +67,23 @@ def score_reply(inst: Instance, reply: str, offgrid: str) -> dict:
     }
 
 
-def evaluate(model, processor, insts: list[Instance], method: str, condition: str,
-             cfg: EvaluateConfig, style: str) -> list[dict]:
+def evaluate(
+    model,
+    processor,
+    insts: list[Instance],
+    method: str,
+    condition: str,
+    cfg: EvaluateConfig,
+    style: str,
+) -> list[dict]:
     task = CONDITION_TASK[condition]
     rows = []
-    bar = tqdm(total=len(insts), desc=f"{method} {insts[0].puzzle if insts else ''} {condition}",
-               unit="inst", mininterval=2.0)
+    bar = tqdm(
+        total=len(insts),
+        desc=f"{method} {insts[0].puzzle if insts else ''} {condition}",
+        unit="inst",
+        mininterval=2.0,
+    )
     for i in range(0, len(insts), cfg.batch_size):
         chunk = insts[i : i + cfg.batch_size]
         examples = [make_example(task, inst, style, with_reply=False) for inst in chunk]
@@ -81,12 +92,20 @@ def evaluate(model, processor, insts: list[Instance], method: str, condition: st
         dt = (time.perf_counter() - t0) / len(chunk)
         for inst, ex, g in zip(chunk, examples, gens, strict=True):
             reply = (ex.prefix or "") + g.text
-            rows.append({
-                "id": inst.id, "puzzle": inst.puzzle, "level": inst.level, "method": method,
-                "condition": condition, "prompt": json.dumps(ex.messages), "reply": reply,
-                **score_reply(inst, reply, cfg.offgrid),
-                "reply_tokens": len(g.token_ids), "seconds": dt,
-            })
+            rows.append(
+                {
+                    "id": inst.id,
+                    "puzzle": inst.puzzle,
+                    "level": inst.level,
+                    "method": method,
+                    "condition": condition,
+                    "prompt": json.dumps(ex.messages),
+                    "reply": reply,
+                    **score_reply(inst, reply, cfg.offgrid),
+                    "reply_tokens": len(g.token_ids),
+                    "seconds": dt,
+                }
+            )
         bar.update(len(chunk))
     bar.close()
     return rows
@@ -114,13 +133,21 @@ def summary(rows: list[dict]) -> dict:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="mgsd evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="mgsd evaluate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--model", required=True, help="model folder or hub id")
     ap.add_argument("--method", required=True, help="method name written into the records")
     ap.add_argument("--data", required=True, nargs="+", help="test Parquet files (one per puzzle)")
-    ap.add_argument("--conditions", nargs="+", default=["image"],
-                    choices=sorted(CONDITION_TASK), help="input conditions")
+    ap.add_argument(
+        "--conditions",
+        nargs="+",
+        default=["image"],
+        choices=sorted(CONDITION_TASK),
+        help="input conditions",
+    )
     ap.add_argument("--config", required=True, help="the evaluate section as JSON (or @file)")
     ap.add_argument("--prompt-style", default="compact", choices=("compact", "instruct"))
     ap.add_argument("--out-dir", required=True, help="writes <puzzle>/<condition>.parquet here")
@@ -131,7 +158,9 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         cfg = load_section(EvaluateConfig, args.config, "evaluate")
-        by_puzzle = {path: select(load_instances([path]), cfg.limit_per_level) for path in args.data}
+        by_puzzle = {
+            path: select(load_instances([path]), cfg.limit_per_level) for path in args.data
+        }
         model, processor = load_model(args.model, trainable=False)
     except (ConfigError, records.RecordError, FileNotFoundError, OSError, ValueError) as e:
         print(f"mgsd evaluate: {e}", file=sys.stderr)
@@ -149,9 +178,13 @@ def main(argv: list[str]) -> int:
             target = out_dir / puzzle / f"{cond}.parquet"
             records.write_eval(rows, target)
             stats = summary(rows)
-            write_atomic_json(target.with_suffix(".json"), {"method": args.method,
-                              "puzzle": puzzle, "condition": cond, **stats})
-            print(f"{args.method} {puzzle} {cond}: SR {stats['success']:.3f} "
-                  f"EM {stats['exact_match']:.3f} PR {stats['progress_rate']:.3f} "
-                  f"parsed {stats['parse_rate']:.3f} (n={stats['n']})")
+            write_atomic_json(
+                target.with_suffix(".json"),
+                {"method": args.method, "puzzle": puzzle, "condition": cond, **stats},
+            )
+            print(
+                f"{args.method} {puzzle} {cond}: SR {stats['success']:.3f} "
+                f"EM {stats['exact_match']:.3f} PR {stats['progress_rate']:.3f} "
+                f"parsed {stats['parse_rate']:.3f} (n={stats['n']})"
+            )
     return 0

@@ -76,13 +76,22 @@ def pad_ids(reply_ids: list[list[int]], device) -> torch.Tensor:
 
 def sample(student, processor, insts, cfg: DistillConfig, style, seed, device):
     """n replies per instance from the student on the picture prompt; returns the flat lists."""
-    examples = [make_example("student", x, style, with_reply=False)
-                for x in insts for _ in range(cfg.samples_per_prompt)]
+    examples = [
+        make_example("student", x, style, with_reply=False)
+        for x in insts
+        for _ in range(cfg.samples_per_prompt)
+    ]
     flat = [x for x in insts for _ in range(cfg.samples_per_prompt)]
     student.eval()
     with torch.no_grad():
-        gens = generate(student, processor, examples, max_new_tokens=cfg.max_new_tokens,
-                        temperature=cfg.temperature, seed=seed)
+        gens = generate(
+            student,
+            processor,
+            examples,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            seed=seed,
+        )
     student.train()
     return flat, examples, gens
 
@@ -103,21 +112,37 @@ def distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc
     tokens_BT = pad_ids(replies, acc.device)
     logp_BT = losses.token_logprobs(s_logits_BTV, tokens_BT)
     teacher_BT = losses.token_logprobs(t_logits_BTV, tokens_BT)
-    rewards_B = torch.tensor([float(puzzles.get(x.puzzle).score(x.state, g.text).success)
-                              for x, g in zip(flat, gens, strict=True)], device=acc.device)
+    rewards_B = torch.tensor(
+        [
+            float(puzzles.get(x.puzzle).score(x.state, g.text).success)
+            for x, g in zip(flat, gens, strict=True)
+        ],
+        device=acc.device,
+    )
     if args.loss == "full_reverse_kl":
         loss, st = losses.full_reverse_kl_loss(s_logits_BTV, t_logits_BTV, mask_BT)
-        st = {**st, "teacher_logprob": losses.masked_mean(teacher_BT, mask_BT).item(),
-              "student_logprob": losses.masked_mean(logp_BT.detach(), mask_BT).item()}
+        st = {
+            **st,
+            "teacher_logprob": losses.masked_mean(teacher_BT, mask_BT).item(),
+            "student_logprob": losses.masked_mean(logp_BT.detach(), mask_BT).item(),
+        }
     else:
-        adv_BT = losses.advantages(teacher_BT, logp_BT.detach(), mask_BT, rewards_B,
-                                   cfg.reward_weight)
-        loss, st = losses.sampled_reverse_kl_loss(logp_BT, logp_BT.detach(), adv_BT, mask_BT,
-                                                  cfg.clip_eps, teacher_logprobs_BT=teacher_BT)
-    parsed = [puzzles.get(x.puzzle).parse_answer(g.text) is not None
-              for x, g in zip(flat, gens, strict=True)]
-    st.update(sample_success=rewards_B.mean().item(), parse_rate=sum(parsed) / len(parsed),
-              reply_tokens=sum(map(len, replies)) / len(replies), teacher_seconds=t_teacher)
+        adv_BT = losses.advantages(
+            teacher_BT, logp_BT.detach(), mask_BT, rewards_B, cfg.reward_weight
+        )
+        loss, st = losses.sampled_reverse_kl_loss(
+            logp_BT, logp_BT.detach(), adv_BT, mask_BT, cfg.clip_eps, teacher_logprobs_BT=teacher_BT
+        )
+    parsed = [
+        puzzles.get(x.puzzle).parse_answer(g.text) is not None
+        for x, g in zip(flat, gens, strict=True)
+    ]
+    st.update(
+        sample_success=rewards_B.mean().item(),
+        parse_rate=sum(parsed) / len(parsed),
+        reply_tokens=sum(map(len, replies)) / len(replies),
+        teacher_seconds=t_teacher,
+    )
     return loss, st
 
 
@@ -143,20 +168,31 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
     meter, bar = common.Meter(acc.device), common.progress(cfg.steps, start, args.method)
     raw = acc.unwrap_model(model)
     if cfg.batch_size % acc.num_processes:
-        raise ConfigError(f"distill.batch_size: {cfg.batch_size} is not divisible by "
-                          f"{acc.num_processes} processes")
+        raise ConfigError(
+            f"distill.batch_size: {cfg.batch_size} is not divisible by "
+            f"{acc.num_processes} processes"
+        )
     t_start, last = time.perf_counter(), {}
     for step in range(start, cfg.steps):
-        ids = common.shard(common.batch_indices(len(train_set), cfg.batch_size, cfg.seed, step),
-                           acc.process_index, acc.num_processes)
+        ids = common.shard(
+            common.batch_indices(len(train_set), cfg.batch_size, cfg.seed, step),
+            acc.process_index,
+            acc.num_processes,
+        )
         insts = [train_set[i] for i in ids]
         t0 = time.perf_counter()
         if cfg.teacher_offload:
             teacher.to("cpu")
         with common.explain_oom("distill"):
-            flat, examples, gens = sample(raw, processor, insts, cfg, args.style,
-                                          seed=cfg.seed * 1_000_003 + step * 1009 + acc.process_index,
-                                          device=acc.device)
+            flat, examples, gens = sample(
+                raw,
+                processor,
+                insts,
+                cfg,
+                args.style,
+                seed=cfg.seed * 1_000_003 + step * 1009 + acc.process_index,
+                device=acc.device,
+            )
             t_sample = time.perf_counter() - t0
             if cfg.teacher_offload:
                 teacher.to(acc.device)
@@ -173,16 +209,30 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
         sampled = sum(len(g.token_ids) for g in gens)
         meter.update(sampled)
         done = step + 1
-        keys = ("reverse_kl", "teacher_logprob", "student_logprob", "sample_success", "parse_rate",
-                "reply_tokens", "clip_frac", "ratio_mean")
+        keys = (
+            "reverse_kl",
+            "teacher_logprob",
+            "student_logprob",
+            "sample_success",
+            "parse_rate",
+            "reply_tokens",
+            "clip_frac",
+            "ratio_mean",
+        )
         vals = acc.reduce(torch.tensor([st.get(k, 0.0) for k in keys], device=acc.device), "mean")
         last = {f"distill/{k}": v.item() for k, v in zip(keys, vals, strict=True) if k in st}
-        last.update({"distill/loss": loss.item(), "train/lr": sched.get_last_lr()[0],
-                     "perf/sample_tokens_per_s": sampled / max(t_sample, 1e-9),
-                     "perf/teacher_tokens_per_s": st["tokens"] / max(st["teacher_seconds"], 1e-9),
-                     "perf/update_tokens_per_s": st["tokens"] / max(t_update, 1e-9),
-                     "perf/sample_s": t_sample, "perf/teacher_s": st["teacher_seconds"],
-                     "perf/update_s": t_update})
+        last.update(
+            {
+                "distill/loss": loss.item(),
+                "train/lr": sched.get_last_lr()[0],
+                "perf/sample_tokens_per_s": sampled / max(t_sample, 1e-9),
+                "perf/teacher_tokens_per_s": st["tokens"] / max(st["teacher_seconds"], 1e-9),
+                "perf/update_tokens_per_s": st["tokens"] / max(t_update, 1e-9),
+                "perf/sample_s": t_sample,
+                "perf/teacher_s": st["teacher_seconds"],
+                "perf/update_s": t_update,
+            }
+        )
         if grad_norm is not None:
             last["train/grad_norm"] = float(grad_norm)
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
@@ -194,8 +244,9 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
         bar.update()
         bar.set_postfix(kl=f"{last['distill/reverse_kl']:.3f}")
         stopping = stop.requested(acc)
-        if stopping or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0
-                        and done < cfg.steps):
+        if stopping or (
+            cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps
+        ):
             common.save_checkpoint(args.work, done, model, opt, sched, acc)
             if stopping:
                 common.exit_for_resume(done)
@@ -204,16 +255,30 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
     if acc.is_main_process:
         final = validate_student(raw, processor, val_set, args.style, cfg, acc.device)
         log.log(cfg.steps, final)
-        save_model(raw, processor, args.out, {
-            "stage": "distill", "method": args.method, "init": args.init, "teacher": args.teacher,
-            "teacher_sees_plan": args.teacher_sees_plan, "loss": args.loss,
-            "config": to_dict(cfg)})
+        save_model(
+            raw,
+            processor,
+            args.out,
+            {
+                "stage": "distill",
+                "method": args.method,
+                "init": args.init,
+                "teacher": args.teacher,
+                "teacher_sees_plan": args.teacher_sees_plan,
+                "loss": args.loss,
+                "config": to_dict(cfg),
+            },
+        )
     acc.wait_for_everyone()
     log.close()
-    return {"method": args.method, "steps": cfg.steps,
-            "examples_seen": cfg.steps * cfg.batch_size * cfg.samples_per_prompt,
-            "seconds": time.perf_counter() - t_start, **final,
-            **{k: v for k, v in last.items() if k.startswith("distill/")}}
+    return {
+        "method": args.method,
+        "steps": cfg.steps,
+        "examples_seen": cfg.steps * cfg.batch_size * cfg.samples_per_prompt,
+        "seconds": time.perf_counter() - t_start,
+        **final,
+        **{k: v for k, v in last.items() if k.startswith("distill/")},
+    }
 
 
 @torch.no_grad()
@@ -222,27 +287,38 @@ def validate_student(model, processor, insts, style, cfg: DistillConfig, device)
     wins = 0
     for i in range(0, len(insts), cfg.batch_size):
         chunk = insts[i : i + cfg.batch_size]
-        gens = generate(model, processor, [make_example("student", x, style, with_reply=False)
-                                           for x in chunk], max_new_tokens=cfg.max_new_tokens)
+        gens = generate(
+            model,
+            processor,
+            [make_example("student", x, style, with_reply=False) for x in chunk],
+            max_new_tokens=cfg.max_new_tokens,
+        )
         wins += sum(task_success("student", x, g.text) for x, g in zip(chunk, gens, strict=True))
     model.train()
     return {"val/success": wins / max(len(insts), 1)}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="mgsd distill", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="mgsd distill",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--method", required=True, help="name of the method (logs and model card)")
     ap.add_argument("--init", required=True, help="student's initial model folder or hub id")
     ap.add_argument("--teacher", required=True, help="frozen teacher model folder or hub id")
-    ap.add_argument("--teacher-sees-plan", action="store_true",
-                    help="the teacher's prompt includes the reference plan (the paper's default)")
+    ap.add_argument(
+        "--teacher-sees-plan",
+        action="store_true",
+        help="the teacher's prompt includes the reference plan (the paper's default)",
+    )
     ap.add_argument("--loss", default="sampled_reverse_kl", choices=LOSSES)
     ap.add_argument("--train", required=True, nargs="+", help="training Parquet files")
     ap.add_argument("--val", required=True, nargs="+", help="validation Parquet files")
     ap.add_argument("--config", required=True, help="the distill section as JSON (or @file)")
-    ap.add_argument("--prompt-style", dest="style", default="compact",
-                    choices=("compact", "instruct"))
+    ap.add_argument(
+        "--prompt-style", dest="style", default="compact", choices=("compact", "instruct")
+    )
     ap.add_argument("--out", required=True, help="final model folder")
     ap.add_argument("--metrics", required=True, help="final metrics JSON")
     ap.add_argument("--log", required=True, help="JSONL training log")

@@ -54,13 +54,18 @@ def validate(model, processor, insts, task, style, cfg: TrainConfig, device) -> 
     bs = max(1, cfg.batch_size // cfg.grad_accum)
     for i in range(0, len(insts), bs):
         chunk = insts[i : i + bs]
-        batch = to_device(collate_train(processor, [make_example(task, x, style) for x in chunk]),
-                          device)
+        batch = to_device(
+            collate_train(processor, [make_example(task, x, style) for x in chunk]), device
+        )
         labels = batch.pop("labels")
         _, st = losses.sft_loss(model(**batch).logits, labels)
         total, tokens = total + st["loss"] * st["tokens"], tokens + st["tokens"]
-        gens = generate(model, processor, [make_example(task, x, style, with_reply=False)
-                                           for x in chunk], max_new_tokens=cfg.val_max_new_tokens)
+        gens = generate(
+            model,
+            processor,
+            [make_example(task, x, style, with_reply=False) for x in chunk],
+            max_new_tokens=cfg.val_max_new_tokens,
+        )
         wins += sum(task_success(task, x, g.text) for x, g in zip(chunk, gens, strict=True))
     model.train()
     return {"val/loss": total / max(tokens, 1), "val/success": wins / max(len(insts), 1)}
@@ -90,19 +95,29 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     raw = acc.unwrap_model(model)
     micro = cfg.batch_size // cfg.grad_accum // acc.num_processes
     if micro < 1 or cfg.batch_size % (cfg.grad_accum * acc.num_processes):
-        raise ConfigError(f"{args.stage}.batch_size: {cfg.batch_size} is not divisible by "
-                          f"grad_accum x processes = {cfg.grad_accum * acc.num_processes}")
+        raise ConfigError(
+            f"{args.stage}.batch_size: {cfg.batch_size} is not divisible by "
+            f"grad_accum x processes = {cfg.grad_accum * acc.num_processes}"
+        )
     t_start, last = time.perf_counter(), {}
     for step in range(start, cfg.steps):
-        ids = common.shard(common.batch_indices(len(train_set), cfg.batch_size, cfg.seed, step),
-                           acc.process_index, acc.num_processes)
-        batches = [collate_train(processor, [make_example(task, train_set[i], args.style)
-                                             for i in ids[j : j + micro]])
-                   for j in range(0, len(ids), micro)]
+        ids = common.shard(
+            common.batch_indices(len(train_set), cfg.batch_size, cfg.seed, step),
+            acc.process_index,
+            acc.num_processes,
+        )
+        batches = [
+            collate_train(
+                processor,
+                [make_example(task, train_set[i], args.style) for i in ids[j : j + micro]],
+            )
+            for j in range(0, len(ids), micro)
+        ]
         # normalise by the reply tokens of the whole global batch: DDP averages gradients over
         # processes, so each process scales its share by the number of processes
-        own = torch.tensor(float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)),
-                           device=acc.device)
+        own = torch.tensor(
+            float(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)), device=acc.device
+        )
         global_tokens = acc.reduce(own, reduction="sum").item()
         loss_sum, acc_sum = 0.0, 0.0
         for j, batch in enumerate(batches):
@@ -121,9 +136,12 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
         opt.zero_grad(set_to_none=True)
         done = step + 1
         stats = acc.reduce(torch.tensor([loss_sum, acc_sum], device=acc.device), "sum")
-        last = {"train/loss": stats[0].item() / global_tokens,
-                "train/token_accuracy": stats[1].item() / global_tokens,
-                "train/lr": sched.get_last_lr()[0], "train/tokens": global_tokens}
+        last = {
+            "train/loss": stats[0].item() / global_tokens,
+            "train/token_accuracy": stats[1].item() / global_tokens,
+            "train/lr": sched.get_last_lr()[0],
+            "train/tokens": global_tokens,
+        }
         if grad_norm is not None:
             last["train/grad_norm"] = float(grad_norm)
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
@@ -135,8 +153,9 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
         bar.update()
         bar.set_postfix(loss=f"{last['train/loss']:.4f}")
         stopping = stop.requested(acc)
-        if stopping or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0
-                        and done < cfg.steps):
+        if stopping or (
+            cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps
+        ):
             common.save_checkpoint(args.work, done, model, opt, sched, acc)
             if stopping:
                 common.exit_for_resume(done)
@@ -146,13 +165,22 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
         final = validate(raw, processor, val_set, task, args.style, cfg, acc.device)
         log.log(cfg.steps, final)
         out = merge_lora(raw) if cfg.finetune == "lora" else raw
-        save_model(out, processor, args.out, {"stage": args.stage, "init": args.init,
-                                              "config": to_dict(cfg)})
+        save_model(
+            out,
+            processor,
+            args.out,
+            {"stage": args.stage, "init": args.init, "config": to_dict(cfg)},
+        )
     acc.wait_for_everyone()
     log.close()
-    return {"stage": args.stage, "steps": cfg.steps, "examples_seen": cfg.steps * cfg.batch_size,
-            "seconds": time.perf_counter() - t_start, **final,
-            **{k: v for k, v in last.items() if k.startswith("train/")}}
+    return {
+        "stage": args.stage,
+        "steps": cfg.steps,
+        "examples_seen": cfg.steps * cfg.batch_size,
+        "seconds": time.perf_counter() - t_start,
+        **final,
+        **{k: v for k, v in last.items() if k.startswith("train/")},
+    }
 
 
 class _null:
@@ -164,15 +192,19 @@ class _null:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="mgsd train-sft", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="mgsd train-sft",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--stage", required=True, choices=sorted(STAGE_TASK))
     ap.add_argument("--init", required=True, help="model folder or hub id to start from")
     ap.add_argument("--train", required=True, nargs="+", help="training Parquet files")
     ap.add_argument("--val", required=True, nargs="+", help="validation Parquet files")
     ap.add_argument("--config", required=True, help="the stage's config section as JSON (or @file)")
-    ap.add_argument("--prompt-style", dest="style", default="compact",
-                    choices=("compact", "instruct"))
+    ap.add_argument(
+        "--prompt-style", dest="style", default="compact", choices=("compact", "instruct")
+    )
     ap.add_argument("--out", required=True, help="final model folder")
     ap.add_argument("--metrics", required=True, help="final metrics JSON")
     ap.add_argument("--log", required=True, help="JSONL training log")
