@@ -6,7 +6,8 @@ image processor, chat template) and ``mgsd_stage.json`` (what produced the folde
 temporary sibling folder, then renames it into place, so an interrupted save never leaves a
 half-written folder under the final name.
 
-Defaults: bfloat16 on CUDA, float32 on CPU; the first CUDA device when there is one.
+Defaults: the first CUDA device when there is one; float32 for trained models (bf16 autocast
+does the compute), bfloat16 for frozen ones on CUDA.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -95,7 +97,14 @@ def load_model(
     """
     source = _resolve(path_or_id)
     device = torch.device(device) if device is not None else default_device()
-    dtype = dtype or default_dtype(device)
+    # trained weights stay float32 (bf16 autocast does the compute): an AdamW step of lr 1e-6
+    # would vanish in bf16 weights; frozen models (teachers, evaluation) load in bf16 on GPUs
+    dtype = dtype or (torch.float32 if trainable else default_dtype(device))
+    print(
+        f"loading {source} on {device} as {str(dtype).removeprefix('torch.')} "
+        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')})",
+        file=sys.stderr,
+    )
     processor = load_processor(source)
     try:
         model, info = AutoModelForImageTextToText.from_pretrained(

@@ -242,7 +242,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
         if done % cfg.log_every == 0 or done == cfg.steps:
             log.log(done, {**last, **meter.stats()})
         bar.update()
-        bar.set_postfix(kl=f"{last['distill/reverse_kl']:.3f}")
+        bar.set_postfix(kl=f"{last['distill/reverse_kl']:.3f}", refresh=False)
         stopping = stop.requested(acc)
         if stopping or (
             cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps

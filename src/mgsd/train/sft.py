@@ -151,7 +151,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
         if done % cfg.log_every == 0 or done == cfg.steps:
             log.log(done, {**last, **meter.stats()})
         bar.update()
-        bar.set_postfix(loss=f"{last['train/loss']:.4f}")
+        bar.set_postfix(loss=f"{last['train/loss']:.4f}", refresh=False)
         stopping = stop.requested(acc)
         if stopping or (
             cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps
