@@ -35,4 +35,6 @@ rule distill:
         " --teacher {params.teacher:q} {params.plan} --loss {params.loss}"
         " --train {input.train:q} --val {input.val:q} --config {params.cfg:q}"
         " --prompt-style {params.style} --out {output.model:q} --metrics {output.metrics:q}"
-        " --log {output.log:q} --work {params.work:q} > {log:q} 2>&1"
+        " --log {params.work:q}/train_log.jsonl --work {params.work:q} > {log:q} 2>&1"
+        # as in train.smk: the log survives a failed attempt in the work folder
+        " && cp {params.work:q}/train_log.jsonl {output.log:q}"

@@ -2,11 +2,14 @@
 # output is the "base" model), grounding (MGSD stage 1) and the direct-SFT baseline.
 
 
+# The training log is written in the work folder and copied on success: Snakemake deletes the
+# outputs of a failed job, and a job stopped by Slurm (exit 75) must resume with its log whole.
 SFT_SHELL = (
     "{params.launch} train-sft --stage {params.stage} --init {params.init:q}"
     " --train {input.train:q} --val {input.val:q} --config {params.cfg:q}"
     " --prompt-style {params.style} --out {output.model:q} --metrics {output.metrics:q}"
-    " --log {output.log:q} --work {params.work:q} > {log:q} 2>&1"
+    " --log {params.work:q}/train_log.jsonl --work {params.work:q} > {log:q} 2>&1"
+    " && cp {params.work:q}/train_log.jsonl {output.log:q}"
 )
 
 

@@ -8,7 +8,7 @@ when ``temperature == 0``, else a sample from softmax(logits / temperature) rest
 chosen token under the model's temperature-1 distribution (``log_softmax`` of the raw logits,
 the quantity distillation compares with the teacher) and hands ``generate`` a one-hot score so
 its greedy step takes that token. Structural special tokens (`BANNED_IN_REPLY`: chat and
-vision markers) are never chosen.
+vision markers) and ids past the tokenizer (padding rows of the embedding) are never chosen.
 
 A sequence stops at ``<|im_end|>`` / ``<|endoftext|>`` (kept in its token ids) or, with
 `stop_at_answer`, right after the token that closes ``</answer>``. A reply that never closes an
@@ -67,9 +67,11 @@ def banned_ids(tokenizer: Any) -> list[int]:
 class _Chooser(LogitsProcessor):
     """Picks each next token and records its log-prob under the raw logits."""
 
-    def __init__(self, temperature: float, top_p: float, seed: int | None, banned: list[int]):
+    def __init__(
+        self, temperature: float, top_p: float, seed: int | None, banned: list[int], n_tokens: int
+    ):
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
-        self.banned = banned
+        self.banned, self.n_tokens = banned, n_tokens
         self.generator: torch.Generator | None = None
         self.logprobs: list[torch.Tensor] = []  # one (B,) per step
 
@@ -91,6 +93,8 @@ class _Chooser(LogitsProcessor):
         logits_BV = scores.float()
         allowed_BV = logits_BV.clone()
         allowed_BV[:, self.banned] = float("-inf")
+        # rows past the tokenizer (Qwen3-VL pads 151669 tokens to 151936 rows) decode to nothing
+        allowed_BV[:, self.n_tokens :] = float("-inf")
         chosen_B = allowed_BV.argmax(-1) if self.temperature == 0 else self._sample(allowed_BV)
         logprobs_BV = torch.log_softmax(logits_BV, dim=-1)
         self.logprobs.append(logprobs_BV.gather(1, chosen_B[:, None]).squeeze(1))
@@ -160,7 +164,8 @@ def generate(
     batch = to_device(collate_generate(processor, examples), device)
     prompt_len = batch["input_ids"].shape[1]
     config = _generation_config(processor, max_new_tokens)
-    chooser = _Chooser(temperature, top_p, seed, banned_ids(processor.tokenizer))
+    tok = processor.tokenizer
+    chooser = _Chooser(temperature, top_p, seed, banned_ids(tok), n_tokens=len(tok))
     stop = _AnswerStop(processor.tokenizer, prompt_len, len(examples))
     # generate() fills every setting we leave unset from the model's own generation config
     # (a pretrained model's may sample, penalise repeats, force a minimum length...): swap in

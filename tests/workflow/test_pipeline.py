@@ -1,0 +1,125 @@
+"""The whole smoke pipeline end to end, then rerun scoping on the complete tree.
+
+One real run per test session (a module fixture): data, every model, every evaluation,
+tables, figures and the HTML report. The scoping tests then change one config section at a
+time and read the jobs a dry run plans on that complete tree: each stage must rerun exactly
+when a section it reads changes (rules get only their own section, `mgsd.config.section_json`).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from test_workflow import REPO, SMOKE, overlay, planned_jobs, snakemake  # same folder
+
+from mgsd.config import load_file
+from mgsd.workflow import DISTILL_SETUPS, eval_files, report_files, train_logs
+
+pytestmark = pytest.mark.slow
+
+# The smoke preset is the CI run of every stage: at most 5 minutes on a free 2-core machine,
+# and at most 5 minutes of CPU (its jobs run one torch thread each: Snakemake sets
+# OMP_NUM_THREADS to the job's threads).
+PIPELINE_BUDGET_S = 300
+CORES = 2
+CFG = load_file(REPO / "pipeline_config.yaml", SMOKE)
+EVAL_JOBS = len({f.split("/eval/")[1].split("/")[0] for f in eval_files(CFG)})  # one per model
+DISTILL_JOBS = sum(m in CFG.methods for m in DISTILL_SETUPS)
+REPORTS = {"tables": 1, "plots": 1, "all": 1}
+
+
+@dataclass(frozen=True)
+class Tree:
+    """A working folder holding the complete smoke run, and what the run cost."""
+
+    workdir: Path
+    wall_s: float
+    cpu_s: float  # user + system time of every finished process the run started
+    load: float  # mean number of runnable processes on the machine during the run
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Tree:
+    workdir = tmp_path_factory.mktemp("smoke")
+    t0, cpu0 = time.perf_counter(), children_cpu_s()
+    snakemake(workdir, "all", "--configfile", str(SMOKE))
+    wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
+    load = os.getloadavg()[1 if wall > 150 else 0]  # the 5- or the 1-minute average
+    return Tree(workdir, wall, cpu, load)
+
+
+def dry_run(workdir: Path, tmp_path: Path, change: dict | None = None) -> dict[str, int]:
+    configs = [str(SMOKE)] + ([str(overlay(tmp_path, "change.yaml", change))] if change else [])
+    return planned_jobs(snakemake(workdir, "-n", "all", "--configfile", *configs))
+
+
+def test_smoke_pipeline_writes_every_artifact_in_budget(tree):
+    print(
+        f"\nsmoke pipeline: {tree.wall_s:.0f} s wall, {tree.cpu_s:.0f} s CPU, load {tree.load:.1f}"
+    )
+    missing, empty = [], []
+    for f in report_files(CFG) + eval_files(CFG) + train_logs(CFG):
+        path = tree.workdir / f
+        if not path.is_file():
+            missing.append(f)
+        elif not path.stat().st_size:
+            empty.append(f)
+    assert not missing and not empty, f"missing: {missing}\nempty: {empty}"
+    for f in eval_files(CFG):
+        assert (tree.workdir / f).with_suffix(".json").stat().st_size, f
+    assert tree.cpu_s <= PIPELINE_BUDGET_S, f"smoke pipeline used {tree.cpu_s:.0f} s of CPU"
+    # on a machine shared with other work (load above the cores), wall time stretches with it
+    allowed = PIPELINE_BUDGET_S * max(1.0, tree.load / CORES)
+    assert tree.wall_s <= allowed, f"smoke pipeline took {tree.wall_s:.0f} s (load {tree.load})"
+
+
+def test_report_is_written(tree):
+    report = tree.workdir / CFG.root / "report.html"
+    snakemake(tree.workdir, "--report", str(report), "--configfile", str(SMOKE))
+    text = report.read_text(errors="replace")
+    assert report.stat().st_size > 10_000 and "<html" in text.lower()
+    missing = [f for f in report_files(CFG) if Path(f).name not in text]
+    assert not missing, f"not in the report: {missing}"
+
+
+def test_complete_tree_plans_nothing(tree, tmp_path):
+    t0 = time.perf_counter()
+    jobs = dry_run(tree.workdir, tmp_path)
+    print(f"\nsnakemake -n on the complete tree: {time.perf_counter() - t0:.1f} s")
+    assert jobs == {}
+
+
+@pytest.mark.parametrize(
+    "change, want",
+    [
+        pytest.param(
+            {"evaluate": {"max_new_tokens": 65}},
+            {"evaluate": EVAL_JOBS, **REPORTS},
+            id="evaluate-option",
+        ),
+        pytest.param({"plots": {"dpi": 81}}, {"plots": 1, "all": 1}, id="plots-option"),
+        pytest.param({"tables": {"bootstrap": 201}}, {"tables": 1, "all": 1}, id="tables-option"),
+        pytest.param(
+            {"data": {"seeds": {"test": 99}}},
+            {"data_split": len(CFG.data.puzzles), "evaluate": EVAL_JOBS, **REPORTS},
+            id="test-seed",
+        ),
+        pytest.param(
+            {"distill": {"lr": 1e-3}},
+            {"distill": DISTILL_JOBS, "evaluate": DISTILL_JOBS, **REPORTS},
+            id="distill-option",
+        ),
+    ],
+)
+def test_a_config_change_reruns_only_the_stages_that_read_it(tree, tmp_path, change, want):
+    assert dry_run(tree.workdir, tmp_path, change) == want
