@@ -160,6 +160,11 @@ class TrainConfig:
     )
     lora: LoraConfig = _f(LoraConfig(), help="LoRA settings (finetune: lora)")
     train_vision: bool = _f(True, help="train the vision tower too")
+    supervise_end: bool = _f(
+        True,
+        help="grounding: label the end of the turn after the state (false: the model is not "
+        "taught to stop after the state and goes on with the base model's plan)",
+    )
     eval_every: int = _f(0, help="validation every K steps (0: only at the end)", ge=0)
     val_instances: int = _f(16, help="validation instances for greedy success", ge=0)
     val_max_new_tokens: int = _f(256, help="generation budget of greedy validation", ge=1)

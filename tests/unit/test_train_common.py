@@ -218,3 +218,24 @@ def test_explain_oom_names_the_stage_keys():
     assert "distill.teacher_offload: true" in str(e.value) and "grad_accum" not in str(e.value)
     with pytest.raises(KeyError), explain_oom("distill"):  # other errors pass unchanged
         raise KeyError("x")
+
+
+def test_checkpoints_of_another_run_are_not_resumed(tmp_path):
+    """Snakemake reruns a job after a config change: its old checkpoints must not be resumed."""
+    acc = common.setup(0)
+    model = torch.nn.Linear(3, 2)
+    opt = common.make_optimizer(model.parameters(), 1e-3, 0.0)
+    sched = common.make_schedule(opt, 10, 0.0, "constant")
+    data = tmp_path / "train.parquet"
+    data.write_bytes(b"x")
+    fp = common.run_fingerprint("grounding", '{"lr": 1}', files=[data])
+    assert fp == common.run_fingerprint("grounding", '{"lr": 1}', files=[data])
+    assert fp != common.run_fingerprint("grounding", '{"lr": 2}', files=[data])
+    work = tmp_path / "work"
+    common.save_checkpoint(work, 4, model, opt, sched, acc, extra={"fingerprint": fp})
+    assert common.resume_checkpoint(work, fp, acc) == work / "step-000004"
+    data.write_bytes(b"new data")  # the inputs changed: another run
+    other = common.run_fingerprint("grounding", '{"lr": 1}', files=[data])
+    assert other != fp
+    assert common.resume_checkpoint(work, other, acc) is None
+    assert common.checkpoints(work) == []

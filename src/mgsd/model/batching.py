@@ -48,13 +48,16 @@ class Example:
     """One conversation: `messages` (chat format) with ``{"type": "image"}`` where `image` goes.
 
     `reply` is the training target; `prefix` is forced text at the start of the reply
-    (never labelled, never scored: e.g. the true state for the image_oracle_state condition).
+    (never labelled, never scored: e.g. the true state for the image_oracle_state condition);
+    `end`: the target closes the turn with ``<|im_end|>`` (False: the reply is only the start
+    of what the model should go on to say, e.g. the state before a plan).
     """
 
     messages: list[dict]
     reply: str | None = None
     image: Image.Image | None = None
     prefix: str = ""
+    end: bool = True
 
 
 def _image_slots(messages: list[dict]) -> int:
@@ -144,13 +147,13 @@ def _assemble(
 
 
 def collate_train(processor: Any, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-    """Right-padded [prompt + prefix + reply + <|im_end|>] with labels on the reply only."""
+    """Right-padded [prompt + prefix + reply (+ <|im_end|>)] with labels on the reply only."""
     ids, types, vision = _encode_prompts(processor, examples)
     labels = []
     for i, ex in enumerate(examples):
         if ex.reply is None:
             raise ValueError(f"example {i}: collate_train needs a reply (the training target)")
-        reply = text_ids(processor, ex.reply) + [end_id(processor)]
+        reply = text_ids(processor, ex.reply) + ([end_id(processor)] if ex.end else [])
         labels.append([IGNORE] * len(ids[i]) + reply)
         ids[i] = ids[i] + reply
         types[i] = types[i] + [0] * len(reply)

@@ -62,8 +62,15 @@ def load_instances(paths: list[str]) -> list[Instance]:
     return out
 
 
-def make_example(task: str, inst: Instance, style: str, with_reply: bool = True) -> Example:
-    """The model input (and, for training, the target reply) of `inst` under `task`."""
+def make_example(
+    task: str, inst: Instance, style: str, with_reply: bool = True, end: bool = True
+) -> Example:
+    """The model input (and, for training, the target reply) of `inst` under `task`.
+
+    `end=False` (grounding only) makes the target the state text as the start of a reply,
+    without the end of the turn: the model learns to read the state and is not taught to stop
+    there, so it goes on with the plan it learnt as the base model.
+    """
     p, s = inst.puzzle, inst.state
     full = prompts.reply_text(p, s)
     if task == "student":
@@ -74,8 +81,9 @@ def make_example(task: str, inst: Instance, style: str, with_reply: bool = True)
         msgs = prompts.symbolic_messages(p, s, style, plan=inst.plan)
         return Example(msgs, full if with_reply else None, None)
     if task == "grounding":
-        reply = prompts.grounding_reply(p, s) if with_reply else None
-        return Example(prompts.grounding_messages(p, style), reply, inst.image)
+        target = prompts.grounding_reply(p, s) if end else prompts.state_prefix(p, s)
+        reply = target if with_reply else None
+        return Example(prompts.grounding_messages(p, style), reply, inst.image, end=end)
     if task == "oracle":
         prefix = prompts.state_prefix(p, s)
         reply = full[len(prefix) :] if with_reply else None

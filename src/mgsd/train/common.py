@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -190,6 +191,44 @@ def checkpoints(work_dir: str | Path) -> list[Path]:
     work_dir = Path(work_dir)
     found = [p for p in work_dir.glob("step-*") if _complete(p)] if work_dir.is_dir() else []
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def run_fingerprint(*parts: str, files: Iterable[str | Path] = ()) -> str:
+    """A hash of what a run depends on: its arguments, and the size and time of its input files.
+
+    Saved with every checkpoint; a checkpoint of another configuration or of other inputs
+    (Snakemake reruns a job after a config or data change) is never resumed.
+    """
+    h = hashlib.sha1()
+    for part in parts:
+        h.update(part.encode() + b"\0")
+    for f in files:
+        path = Path(f)
+        members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for m in members:
+            st = m.stat() if m.exists() else None  # a hub id is no file: its name is the input
+            h.update((f"{m}:{st.st_size}:{st.st_mtime_ns}" if st else str(m)).encode() + b"\0")
+    return h.hexdigest()
+
+
+def resume_checkpoint(work_dir: str | Path, fingerprint: str, accelerator) -> Path | None:
+    """The latest checkpoint of this very run, or None; stale ones of another run are removed."""
+    ckpt = latest_checkpoint(work_dir)
+    if ckpt is None:
+        return None
+    if checkpoint_meta(ckpt).get("extra", {}).get("fingerprint") == fingerprint:
+        return ckpt
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        print(
+            f"ignoring the checkpoints in {work_dir}: they belong to another configuration or "
+            "other inputs; starting from step 0",
+            file=sys.stderr,
+        )
+        for old in checkpoints(work_dir):
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return None
 
 
 def latest_checkpoint(work_dir: str | Path) -> Path | None:

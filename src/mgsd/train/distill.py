@@ -160,7 +160,12 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
     opt = common.make_optimizer(trainable, cfg.lr, cfg.weight_decay)
     sched = common.make_schedule(opt, cfg.steps, cfg.warmup_ratio, cfg.schedule)
     model, opt = acc.prepare(model, opt)
-    ckpt = common.latest_checkpoint(args.work)
+    # a checkpoint is resumed only by the run that wrote it (same config, same inputs)
+    fingerprint = common.run_fingerprint(
+        args.method, args.config, args.style, args.loss, str(args.teacher_sees_plan),
+        files=[args.init, args.teacher, *args.train, *args.val],
+    )  # fmt: skip
+    ckpt = common.resume_checkpoint(args.work, fingerprint, acc)
     start = common.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
     if ckpt:
         print(f"resuming {args.method} from {ckpt} (step {start} of {cfg.steps})", file=sys.stderr)
@@ -247,7 +252,9 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
         if stopping or (
             cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps
         ):
-            common.save_checkpoint(args.work, done, model, opt, sched, acc)
+            common.save_checkpoint(
+                args.work, done, model, opt, sched, acc, extra={"fingerprint": fingerprint}
+            )
             if stopping:
                 common.exit_for_resume(done)
     bar.close()

@@ -30,7 +30,7 @@ from mgsd.config import ConfigError, TrainConfig, load_section, to_dict
 from mgsd.data.records import RecordError
 from mgsd.model.batching import collate_train
 from mgsd.model.generate import generate
-from mgsd.model.load import load_model, save_model
+from mgsd.model.load import ModelLoadError, load_model, save_model
 from mgsd.model.lora import apply_lora, freeze_vision, merge_lora
 from mgsd.model.tasks import STAGE_TASK, load_instances, make_example, task_success
 from mgsd.train import common, losses
@@ -55,7 +55,10 @@ def validate(model, processor, insts, task, style, cfg: TrainConfig, device) -> 
     for i in range(0, len(insts), bs):
         chunk = insts[i : i + bs]
         batch = to_device(
-            collate_train(processor, [make_example(task, x, style) for x in chunk]), device
+            collate_train(
+                processor, [make_example(task, x, style, end=cfg.supervise_end) for x in chunk]
+            ),
+            device,
         )
         labels = batch.pop("labels")
         _, st = losses.sft_loss(model(**batch).logits, labels)
@@ -77,16 +80,23 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     train_set = load_instances(args.train)
     val_set = validation_set(load_instances(args.val), cfg.val_instances, cfg.seed)
     model, processor = load_model(args.init, device=acc.device, trainable=True)
+    # a text-only task gives the vision tower no gradient, which DDP refuses (and a
+    # single process would leave it unchanged anyway): freeze it
+    train_vision = cfg.train_vision and task != "symbolic"
     if cfg.finetune == "lora":
-        model = apply_lora(model, cfg.lora, cfg.train_vision)
-    elif not cfg.train_vision:
+        model = apply_lora(model, cfg.lora, train_vision)
+    elif not train_vision:
         freeze_vision(model)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = common.make_optimizer(trainable, cfg.lr, cfg.weight_decay)
     sched = common.make_schedule(opt, cfg.steps, cfg.warmup_ratio, cfg.schedule)
     model, opt = acc.prepare(model, opt)
-    ckpt = common.latest_checkpoint(args.work)
+    # a checkpoint is resumed only by the run that wrote it (same config, same inputs)
+    fingerprint = common.run_fingerprint(
+        args.stage, args.config, args.style, files=[args.init, *args.train, *args.val]
+    )
+    ckpt = common.resume_checkpoint(args.work, fingerprint, acc)
     start = common.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
     if ckpt:
         print(f"resuming {args.stage} from {ckpt} (step {start} of {cfg.steps})", file=sys.stderr)
@@ -109,7 +119,10 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
         batches = [
             collate_train(
                 processor,
-                [make_example(task, train_set[i], args.style) for i in ids[j : j + micro]],
+                [
+                    make_example(task, train_set[i], args.style, end=cfg.supervise_end)
+                    for i in ids[j : j + micro]
+                ],
             )
             for j in range(0, len(ids), micro)
         ]
@@ -156,10 +169,13 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
         if stopping or (
             cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps
         ):
-            common.save_checkpoint(args.work, done, model, opt, sched, acc)
+            common.save_checkpoint(
+                args.work, done, model, opt, sched, acc, extra={"fingerprint": fingerprint}
+            )
             if stopping:
                 common.exit_for_resume(done)
     bar.close()
+    stop.restore()  # main() may run inside another program (tests): give SIGTERM back
     final = {}
     if acc.is_main_process:
         final = validate(raw, processor, val_set, task, args.style, cfg, acc.device)
@@ -217,7 +233,13 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_section(TrainConfig, args.config, args.stage)
         metrics = train(args, cfg)
-    except (ConfigError, RecordError, common.CheckpointError, FileNotFoundError) as e:
+    except (
+        ConfigError,
+        RecordError,
+        ModelLoadError,
+        common.CheckpointError,
+        FileNotFoundError,
+    ) as e:
         print(f"mgsd train-sft: {e}", file=sys.stderr)
         return 1
     if metrics:
