@@ -72,7 +72,7 @@ def make_example(
     there, so it goes on with the plan it learnt as the base model.
     """
     p, s = inst.puzzle, inst.state
-    full = prompts.reply_text(p, s)
+    full = prompts.reply_text(p, s, style)
     if task == "student":
         return Example(prompts.student_messages(p, style), full if with_reply else None, inst.image)
     if task == "symbolic":

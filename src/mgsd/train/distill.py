@@ -22,6 +22,7 @@ Checkpoints, resume, signals and `accelerate launch` work as in `mgsd train-sft`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -32,7 +33,7 @@ from mgsd.config import ConfigError, DistillConfig, load_section, to_dict
 from mgsd.data.records import RecordError
 from mgsd.model.batching import collate_score
 from mgsd.model.generate import generate
-from mgsd.model.load import load_model, save_model
+from mgsd.model.load import ModelLoadError, load_model, save_model
 from mgsd.model.lora import freeze_vision
 from mgsd.model.tasks import load_instances, make_example, task_success
 from mgsd.train import common, losses
@@ -74,7 +75,7 @@ def pad_ids(reply_ids: list[list[int]], device) -> torch.Tensor:
     return out
 
 
-def sample(student, processor, insts, cfg: DistillConfig, style, seed, device):
+def sample(student, processor, insts, cfg: DistillConfig, style, seed, device, autocast=None):
     """n replies per instance from the student on the picture prompt; returns the flat lists."""
     examples = [
         make_example("student", x, style, with_reply=False)
@@ -83,7 +84,7 @@ def sample(student, processor, insts, cfg: DistillConfig, style, seed, device):
     ]
     flat = [x for x in insts for _ in range(cfg.samples_per_prompt)]
     student.eval()
-    with torch.no_grad():
+    with torch.no_grad(), (autocast or contextlib.nullcontext)():
         gens = generate(
             student,
             processor,
@@ -197,6 +198,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
                 args.style,
                 seed=cfg.seed * 1_000_003 + step * 1009 + acc.process_index,
                 device=acc.device,
+                autocast=acc.autocast,
             )
             t_sample = time.perf_counter() - t0
             if cfg.teacher_offload:
@@ -258,6 +260,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
             if stopping:
                 common.exit_for_resume(done)
     bar.close()
+    stop.restore()  # main() may run inside another program (tests): give SIGTERM back
     final = {}
     if acc.is_main_process:
         final = validate_student(raw, processor, val_set, args.style, cfg, acc.device)
@@ -338,7 +341,13 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_section(DistillConfig, args.config, "distill")
         metrics = train(args, cfg)
-    except (ConfigError, RecordError, common.CheckpointError, FileNotFoundError) as e:
+    except (
+        ConfigError,
+        RecordError,
+        ModelLoadError,
+        common.CheckpointError,
+        FileNotFoundError,
+    ) as e:
         print(f"mgsd distill: {e}", file=sys.stderr)
         return 1
     from accelerate import PartialState
