@@ -45,7 +45,7 @@ COMMAND = [sys.executable, "-m", "snakemake", "--profile", "slurm", "all", "--co
 COMMAND += [*PRESETS, *CI_OVERRIDES, "--workflow-profile", "none"]
 USER_VARIABLES = ("MGSD_SLURM_PARTITION", "MGSD_SLURM_ACCOUNT")
 GPU_RULES = frozenset({"symbolic_pretrain", "grounding", "sft_direct", "distill", "evaluate"})
-CANCELLED_RULE = "symbolic_pretrain"  # its model is "base", its work folder work/base
+CANCELLED_RULE = "symbolic_pretrain"  # its model is "base", its resume folder resume/base
 # generous: the data and scratch jobs run first, on a 2-core CI machine shared with other jobs
 START_TIMEOUT_S = 900
 RUN_TIMEOUT_S = 2400
@@ -194,7 +194,7 @@ def test_smoke_pipeline_on_slurm_resumes_cancelled_training(tmp_path, capsys):
     workdir = Path(os.path.realpath(tmp_path))
     cfg = _config()
     planned = _planned_jobs(workdir)
-    ckpt_dir = workdir / cfg.root / "work" / "base"
+    ckpt_dir = workdir / cfg.root / "resume" / "base"
     log_path = workdir / "snakemake.log"
     jobs: dict[str, dict[str, str]] = {}
     t0 = time.monotonic()
@@ -240,7 +240,7 @@ def test_smoke_pipeline_on_slurm_resumes_cancelled_training(tmp_path, capsys):
     resumed = RESUME_RE.search(train_log)
     assert resumed, f"attempt 2 of {CANCELLED_RULE} did not resume\n{report}"
     ckpt, step, steps = resumed.group(1), int(resumed.group(2)), int(resumed.group(3))
-    assert Path(ckpt).parent == Path(cfg.root) / "work" / "base", ckpt
+    assert Path(ckpt).parent == Path(cfg.root) / "resume" / "base", ckpt
     assert cfg.symbolic_pretrain.checkpoint_every <= step < steps == cfg.symbolic_pretrain.steps
     # the training log is whole: Snakemake deleted the failed attempt's outputs, not its steps
     log_rows = (workdir / cfg.root / "models" / "base" / "train_log.jsonl").read_text()

@@ -20,7 +20,7 @@ rule distill:
         plan=lambda wc: "--teacher-sees-plan" if DISTILL_SETUPS[wc.method][2] else "",
         loss=lambda wc: DISTILL_SETUPS[wc.method][3],
         style=CFG.backbone.prompt_style,
-        work=lambda wc: f"{ROOT}/work/{wc.method}",
+        work=lambda wc: f"{ROOT}/resume/{wc.method}",
         launch=lambda wc: launcher(CFG, "distill"),
     log:
         f"{ROOT}/logs/models/{{method}}.log",

@@ -45,7 +45,7 @@ rule symbolic_pretrain:
         stage="symbolic_pretrain",
         cfg=section_json(CFG.symbolic_pretrain),
         style=CFG.backbone.prompt_style,
-        work=f"{ROOT}/work/base",
+        work=f"{ROOT}/resume/base",
         launch=launcher(CFG, "symbolic_pretrain"),
     log:
         f"{ROOT}/logs/models/base.log",
@@ -73,7 +73,7 @@ rule grounding:
         cfg=section_json(CFG.grounding),
         init=lambda wc: model_ref(CFG, "base"),
         style=CFG.backbone.prompt_style,
-        work=f"{ROOT}/work/grounding",
+        work=f"{ROOT}/resume/grounding",
         launch=launcher(CFG, "grounding"),
     log:
         f"{ROOT}/logs/models/grounding.log",
@@ -101,7 +101,7 @@ rule sft_direct:
         cfg=section_json(CFG.sft_direct),
         init=lambda wc: model_ref(CFG, "base"),
         style=CFG.backbone.prompt_style,
-        work=f"{ROOT}/work/sft_direct",
+        work=f"{ROOT}/resume/sft_direct",
         launch=launcher(CFG, "sft_direct"),
     log:
         f"{ROOT}/logs/models/sft_direct.log",

@@ -4,7 +4,7 @@
         --teacher results/default/models/base/model --teacher-sees-plan \
         --loss sampled_reverse_kl --train .../train.parquet --val .../val.parquet \
         --config '<the distill section as JSON>' --out .../models/mgsd/model \
-        --metrics .../metrics.json --log .../train_log.jsonl --work results/default/work/mgsd
+        --metrics .../metrics.json --log .../train_log.jsonl --work results/default/resume/mgsd
 
 Each step (the maths is in `mgsd.train.losses`):
 1. B training instances, a function of (seed, step); n replies each sampled from the student on

@@ -3,7 +3,7 @@
     mgsd train-sft --stage grounding --init results/default/models/base/model \
         --train results/default/data/*/train.parquet --val results/default/data/*/val.parquet \
         --config '<the grounding section as JSON>' --out results/default/models/grounding/model \
-        --metrics .../metrics.json --log .../train_log.jsonl --work results/default/work/grounding
+        --metrics .../metrics.json --log .../train_log.jsonl --work results/default/resume/grounding
 
 Stages (the task each trains is in `mgsd.model.tasks`):
 - `symbolic_pretrain` (scratch backbones): state as text -> state + plan. Its output is the
