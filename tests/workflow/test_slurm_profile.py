@@ -10,7 +10,6 @@ where that is a failure. test_slurm_pipeline.py runs the whole smoke pipeline th
 """
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -95,22 +94,6 @@ def test_cluster_script_is_valid_bash():
     assert usage.returncode == 2 and "start|stop|status" in usage.stderr
 
 
-def _cluster_or_skip() -> None:
-    """Skip without a reachable idle node; fail instead where CI promised a cluster (.ci/run)."""
-    if shutil.which("sinfo"):
-        result = subprocess.run(
-            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=60
-        )
-        if result.returncode == 0 and any(
-            s.startswith(("idle", "mix")) for s in result.stdout.split()
-        ):
-            return
-    reason = "no reachable Slurm node (sinfo); start one with .ci/slurm_cluster.sh start"
-    if os.environ.get("CI") == "true" or os.environ.get("MGSD_REQUIRE_SLURM") == "1":
-        pytest.fail(f"{reason} (required here: CI=true or MGSD_REQUIRE_SLURM=1)")
-    pytest.skip(reason)
-
-
 def _wait_for_file(path: Path, proc: subprocess.Popen, timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
@@ -122,8 +105,7 @@ def _wait_for_file(path: Path, proc: subprocess.Popen, timeout_s: float) -> str:
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_toy_workflow_on_slurm_survives_sigterm(tmp_path):
-    _cluster_or_skip()
+def test_toy_workflow_on_slurm_survives_sigterm(slurm_cluster, tmp_path):
     log_path = tmp_path / "snakemake.log"
     command = [sys.executable, "-m", "snakemake", "--profile", "slurm", "--workflow-profile"]
     command += ["none", "-s", str(TOY_SNAKEFILE), "--directory", str(tmp_path)]
