@@ -243,9 +243,11 @@ def summarize(
     bootstrap: int = 0,
     confidence: float = 0.95,
     seed: int = 0,
+    over_puzzles: bool = False,
 ) -> pd.DataFrame:
     """Per group: n, mean success / exact_match / progress_rate / parsed, `illegal_<kind>` rates;
-    with ``bootstrap > 0`` the percentile-bootstrap CIs of the four means (`<col>_lo/_hi`)."""
+    with ``bootstrap > 0`` the percentile-bootstrap CIs of the four means (`<col>_lo/_hi`);
+    `over_puzzles`: the unweighted mean over puzzles (see `macro`)."""
     flagged, illegal = _with_illegal_flags(df)
     return mean_table(
         flagged,
@@ -255,6 +257,7 @@ def summarize(
         confidence=confidence,
         seed=seed,
         ci_columns=RATES,
+        over_puzzles=over_puzzles,
     )
 
 
@@ -266,17 +269,7 @@ def macro(
     seed: int = 0,
 ) -> pd.DataFrame:
     """`summarize` averaged over puzzles without weights (see the module docstring for the CI)."""
-    flagged, illegal = _with_illegal_flags(df)
-    return mean_table(
-        flagged,
-        [*RATES, *illegal],
-        by,
-        bootstrap=bootstrap,
-        confidence=confidence,
-        seed=seed,
-        ci_columns=RATES,
-        over_puzzles=True,
-    )
+    return summarize(df, by, bootstrap, confidence, seed, over_puzzles=True)
 
 
 def paired_difference(a: pd.DataFrame, b: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
