@@ -347,6 +347,27 @@ class StopSignal:
         return flag > 0
 
 
+def checkpoint_if_due(
+    stop: StopSignal,
+    acc,
+    done: int,
+    total: int,
+    every: int,
+    work_dir,
+    model,
+    opt,
+    sched,
+    fingerprint: str,
+) -> None:
+    """After step `done`: checkpoint every `every` steps (not after the last: the model is saved
+    then), and on a stop signal, after which the run exits 75 to be resumed. Call on all ranks."""
+    stopping = stop.requested(acc)
+    if stopping or (every and done % every == 0 and done < total):
+        save_checkpoint(work_dir, done, model, opt, sched, acc, extra={"fingerprint": fingerprint})
+        if stopping:
+            exit_for_resume(done)
+
+
 def exit_for_resume(step: int) -> typing.NoReturn:
     """Log why and exit with EXIT_RESUMABLE (75); call after saving the checkpoint."""
     msg = f"stopped by signal after step {step}; checkpoint saved; exiting with code"

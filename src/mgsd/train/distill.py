@@ -250,15 +250,10 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
             log.log(done, {**last, **meter.stats()})
         bar.update()
         bar.set_postfix(kl=f"{last['distill/reverse_kl']:.3f}", refresh=False)
-        stopping = stop.requested(acc)
-        if stopping or (
-            cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps
-        ):
-            common.save_checkpoint(
-                args.work, done, model, opt, sched, acc, extra={"fingerprint": fingerprint}
-            )
-            if stopping:
-                common.exit_for_resume(done)
+        common.checkpoint_if_due(
+            stop, acc, done, cfg.steps, cfg.checkpoint_every, args.work, model, opt, sched,
+            fingerprint,
+        )  # fmt: skip
     bar.close()
     stop.restore()  # main() may run inside another program (tests): give SIGTERM back
     final = {}
