@@ -3,10 +3,14 @@
     python scripts/bench_decode.py --shape 4b --batch 32 64 128 --reply 256     # H200
     python scripts/bench_decode.py --shape default --batch 16 48 --reply 160     # CPU
 
-Builds the shape with random weights in bf16 (fp32 on CPU), then times replies of exactly
-`--reply` new tokens (no stop at the answer) for each batch size of picture prompts (256 px for
-the 4b shape, the default preset's size otherwise). Prints decode tokens/s, instances/s and the
-share of the memory-bandwidth roofline: a decode step must read every weight once, so at most
+Builds the shape with random weights in bf16 (fp32 on CPU), then, for each engine (`static`:
+static KV cache + CUDA graph, `hf`: the library's generate), times replies of exactly `--reply`
+new tokens (no stop at the answer) for each batch size of picture prompts (256 px for the 4b
+shape, the default preset's size otherwise). The first call of a shape (prefill, graph capture
+and decode) is timed apart from the steady state (a second call, which reuses the graph).
+Prints decoded positions/s (batch x decode steps / s: rows that ended early at a sampled end
+token are still decoded each step), the kept reply tokens/s, instances/s and the share of the
+memory-bandwidth roofline in positions/s: a decode step must read every weight once, so at most
 `bandwidth / weight bytes` steps per second, i.e. `batch x 4.8e12 / weight bytes` tokens/s on an
 H200 (KV-cache reads are left out, which flatters the roofline at long replies).
 """
@@ -20,6 +24,7 @@ import torch
 from bench_distill_step import build, instances
 from transformers import Qwen3VLForConditionalGeneration
 
+from mgsd.model import decode
 from mgsd.model.generate import generate
 from mgsd.model.tasks import make_example
 
@@ -32,7 +37,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[16])
     ap.add_argument("--reply", type=int, default=160, help="new tokens per reply")
     ap.add_argument("--image", type=int, help="picture side (default 64 / 256 for 4b)")
+    ap.add_argument("--engine", nargs="+", choices=("static", "hf"), default=["static", "hf"])
+    ap.add_argument("--no-compile", action="store_true", help="static engine: graph, no compile")
     args = ap.parse_args()
+    decode.COMPILE_ON_CUDA = not args.no_compile
     image = args.image or (256 if args.shape == "4b" else 64)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -43,23 +51,33 @@ def main() -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     print(f"{args.shape}: {weight_bytes / 1e9:.2f} GB of weights on {device} ({dtype})")
     insts = instances(max(args.batch), image)
-    print("| batch | reply tokens | seconds | decode tokens/s | instances/s | roofline share |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for batch in args.batch:
-        examples = [make_example("student", x, "compact", False) for x in insts[:batch]]
-        generate(model, processor, examples[:2], 8, stop_at_answer=False)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        gens = generate(model, processor, examples, args.reply, temperature=1.0, seed=0,
-                        stop_at_answer=False)  # fmt: skip
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        tokens = sum(len(g.token_ids) for g in gens)
-        roof = batch * HBM_BYTES_PER_S / weight_bytes
-        print(f"| {batch} | {tokens / batch:.0f} | {dt:.2f} | {tokens / dt:,.0f} | "
-              f"{batch / dt:.1f} | {tokens / dt / roof:.1%} |")  # fmt: skip
+    compiled = device.type == "cuda" and not args.no_compile
+    label = {"static": "static" + ("+compile" if compiled else ""), "hf": "hf"}
+    print("| engine | batch | reply tokens | first call s | seconds | decode steps | positions/s "
+          "| kept tokens/s | instances/s | roofline share |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for engine in args.engine:
+        for batch in args.batch:
+            examples = [make_example("student", x, "compact", False) for x in insts[:batch]]
+            times = []
+            for _ in range(2):  # the first call of a shape captures its graph
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                gens = generate(model, processor, examples, args.reply, temperature=1.0, seed=0,
+                                stop_at_answer=False, engine=engine)  # fmt: skip
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            dt = times[-1]
+            tokens = sum(len(g.token_ids) for g in gens)
+            # every step decodes a position of every row (rows past their end token too)
+            steps = max(len(g.token_ids) for g in gens)
+            positions = batch * steps
+            roof = batch * HBM_BYTES_PER_S / weight_bytes
+            print(f"| {label[engine]} | {batch} | {tokens / batch:.0f} | {times[0]:.2f} | "
+                  f"{dt:.2f} | {steps} | {positions / dt:,.0f} | {tokens / dt:,.0f} | "
+                  f"{batch / dt:.1f} | {positions / dt / roof:.1%} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

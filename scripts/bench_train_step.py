@@ -3,6 +3,11 @@
     python scripts/bench_train_step.py --shape default --batch 4 --seq 256        # CPU is fine
     python scripts/bench_train_step.py --shape 4b --finetune lora --batch 8 --seq 1024   # H200
     python scripts/bench_train_step.py --shape 4b --dry-run    # build on the meta device only
+    python scripts/bench_train_step.py --shape 4b --batch 4 --seq 1024 --compile --profile
+
+`--compile` compiles every decoder layer and vision block in place (torch.compile, one graph
+shared by the identical layers); `--profile` prints the CUDA kernels that took the most time
+in one extra step, grouped by kind (matmuls, attention, elementwise, optimizer, loss).
 
 Each sequence is one 256 px picture (its image tokens) followed by text up to `--seq` tokens;
 labels on every text token. bf16 autocast on CUDA (fp32 master weights), fp32 on CPU. Prints
@@ -133,6 +138,9 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256, help="tokens per sequence, picture included")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     ap.add_argument("--dry-run", action="store_true", help="build on the meta device and stop")
+    ap.add_argument("--compile", action="store_true", help="torch.compile each layer")
+    ap.add_argument("--grad-checkpointing", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="kernel time breakdown of one step")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
     config = build_config(args.shape)
@@ -156,13 +164,19 @@ def main() -> None:
     if args.dry_run:
         return
     inputs, _ = make_inputs(config, args.batch, args.seq, device)
+    if args.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if args.compile:
+        inner = model.base_model.model if hasattr(model, "peft_config") else model
+        for layer in [*inner.model.language_model.layers, *inner.model.visual.blocks]:
+            layer.compile()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
     model.train()
 
     def step() -> float:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(**inputs).loss
+            loss = model(**inputs, use_cache=False).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -182,6 +196,60 @@ def main() -> None:
         peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS)"
     print(f"step {seconds * 1e3:.1f} ms, {tokens / seconds:,.0f} tokens/s, peak memory {peak}")
     print(f"MFU {flops / seconds / PEAK_FLOPS:.2%} (of {PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16)")
+    if args.profile:
+        profile(step, device)
+
+
+KINDS = (  # first match wins: kernel-name fragments -> kind
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("attention", ("flash", "fmha", "attention", "sdpa")),
+    (
+        "matmul",
+        (
+            "gemm",
+            "sm90",
+            "cutlass",
+            "cublas",
+            "matmul",
+            "xmma",
+            "nvjet",
+            "aten::mm",
+            "addmm",
+            "bmm",
+        ),
+    ),
+    ("loss", ("cross_entropy", "nll", "log_softmax", "softmax")),
+    ("copy / cast", ("copy", "cast", "convert", "to_copy")),
+)
+
+
+def profile(step, device: torch.device) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cuda = device.type == "cuda"
+    with torch_profile(
+        activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]
+    ) as prof:
+        step()
+    totals: dict[str, float] = {}
+    top = []
+    for e in prof.key_averages():
+        us = e.self_device_time_total if cuda else e.self_cpu_time_total
+        if us <= 0 or e.key.startswith("ProfilerStep"):
+            continue
+        name = e.key.lower()
+        kind = next(
+            (k for k, frags in KINDS if any(f in name for f in frags)), "elementwise / other"
+        )
+        totals[kind] = totals.get(kind, 0.0) + us
+        top.append((us, e.count, e.key[:90]))
+    all_us = sum(totals.values())
+    print(f"{'GPU kernel' if cuda else 'CPU op'} time in one step: {all_us / 1e3:.1f} ms")
+    for kind, us in sorted(totals.items(), key=lambda x: -x[1]):
+        print(f"  {kind:22s} {us / 1e3:8.1f} ms  {us / all_us:6.1%}")
+    for us, count, key in sorted(top, reverse=True)[:12]:
+        print(f"  {us / 1e3:8.1f} ms  x{count:<5d} {key}")
 
 
 if __name__ == "__main__":

@@ -160,6 +160,16 @@ class TrainConfig:
     )
     lora: LoraConfig = _f(LoraConfig(), help="LoRA settings (finetune: lora)")
     train_vision: bool = _f(True, help="train the vision tower too")
+    compile: bool = _f(
+        False,
+        help="torch.compile every decoder layer and vision block (GPU: 4B full fine-tuning "
+        "1.4x faster, about a minute of compiling at the start)",
+    )
+    grounding_prompt: Literal["grounding", "student"] = _f(
+        "grounding",
+        help="grounding: the prompt the state is read under (student: the task's own prompt, "
+        "the state as the start of the reply, no end of turn, so the model goes on to plan)",
+    )
     supervise_end: bool = _f(
         True,
         help="grounding: label the end of the turn after the state (false: the model is not "
@@ -189,6 +199,11 @@ class DistillConfig:
     grad_clip: float = _f(1.0, help="gradient norm clip (0: off)", ge=0)
     clip_eps: float = _f(0.2, help="PPO clip of the importance ratio", gt=0)
     train_vision: bool = _f(True, help="train the vision tower too")
+    compile: bool = _f(
+        False,
+        help="torch.compile every decoder layer and vision block (GPU: 4B full fine-tuning "
+        "1.4x faster, about a minute of compiling at the start)",
+    )
     teacher_offload: bool = _f(False, help="keep the teacher on the CPU between steps")
     reward_weight: float = _f(
         0.0, help="weight of the task reward in the advantage (0: logged only)", ge=0

@@ -16,7 +16,7 @@ from mgsd.model.batching import (
     score_replies,
     text_ids,
 )
-from mgsd.model.generate import _AnswerStop, generate
+from mgsd.model.generate import _Stops, generate
 from mgsd.model.load import load_model
 
 LOGPROB_TOL = 1e-4  # fp32 on CPU: KV-cached decoding vs one full forward
@@ -97,22 +97,28 @@ def test_unclosed_replies_come_back_unfinished(tiny, examples):
         assert gen.text == processor.tokenizer.decode(gen.token_ids, skip_special_tokens=True)
 
 
-def test_answer_stop_marks_the_closing_token(tiny):
+@pytest.mark.parametrize("every", [1, 3, 100])
+def test_stops_mark_the_closing_token_whatever_the_check_interval(tiny, every):
+    """Step-by-step (plain engine) and every-k-steps (static engine) checks agree."""
     _, processor = tiny
     tok = processor.tokenizer
     prompt = text_ids(processor, "user prompt")
-    replies = ["size 3\n<answer>R D</answer>", "size 3\n<answer>R D", "</ANSWER >"]
-    stop = _AnswerStop(tok, len(prompt), len(replies))
+    replies = ["size 3\n<answer>R D</answer> more", "size 3\n<answer>R D", "</ANSWER >", "a"]
     rows = [prompt + text_ids(processor, r) for r in replies]
+    rows[3] = rows[3] + [end_id(processor)] + text_ids(processor, "</answer>")
+    stops = _Stops(tok, [end_id(processor)], at_answer=True, batch_size=len(rows))
+    stops.prompt_len = len(prompt)
     width = max(map(len, rows))
     seen: list[list[bool]] = [[] for _ in rows]
-    for n in range(len(prompt) + 1, width + 1):
+    for n in [*range(len(prompt) + every, width, every), width]:
         ids_BT = torch.tensor([(r + [0] * width)[:n] for r in rows])
-        for b, done in enumerate(stop(ids_BT, None).tolist()):
+        for b, done in enumerate(stops(ids_BT, None).tolist()):
             seen[b].append(done)
-    assert stop.stopped_at[0] == len(rows[0]) - len(prompt)  # at the token closing the tag
-    assert stop.stopped_at[1] is None and not any(seen[1])
-    assert stop.stopped_at[2] == len(rows[2]) - len(prompt)  # case and spaces as the parser
+    closing = len(prompt + text_ids(processor, "size 3\n<answer>R D</answer>")) - len(prompt)
+    assert stops.stopped_at[0] == closing  # at the token closing the tag, not the end
+    assert stops.stopped_at[1] is None and not any(seen[1])
+    assert stops.stopped_at[2] == len(rows[2]) - len(prompt)  # case and spaces as the parser
+    assert stops.stopped_at[3] == len(text_ids(processor, "a")) + 1  # at the end token
 
 
 @pytest.mark.slow

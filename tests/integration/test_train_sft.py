@@ -160,6 +160,46 @@ def test_each_stage_overfits_eight_examples(stage, tiny_model_dir, data_file, tm
         assert task_success(task, inst, reply.text), inst.id
 
 
+@pytest.mark.slow
+def test_grounding_under_the_student_prompt_learns_to_state(
+    tiny_model_dir, data_file, tmp_path, one_thread
+):
+    """`grounding_prompt: student`: the state is learnt as the start of the student's reply."""
+    cfg = {**LEARN, "checkpoint_every": 0, "val_instances": len(INSTANCES),
+           "val_max_new_tokens": MAX_REPLY_TOKENS, "grounding_prompt": "student"}  # fmt: skip
+    assert sft.main(sft_args("grounding", tiny_model_dir, data_file, cfg, tmp_path)) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["val/success"] == 1.0
+    model, processor = load_model(tmp_path / "model", device="cpu", trainable=False)
+    insts = load_instances([str(data_file)])
+    examples = [make_example("grounding_student", x, "compact", with_reply=False) for x in insts]
+    assert all("image" in str(e.messages) for e in examples)  # the student's picture prompt
+    assert examples[0].messages == make_example("student", insts[0], "compact").messages
+    replies = generate(model, processor, examples, max_new_tokens=MAX_REPLY_TOKENS)
+    for inst, reply in zip(insts, replies, strict=True):
+        assert reply.text.startswith(make_example("grounding_student", inst, "compact").reply)
+
+
+@pytest.mark.slow
+def test_compiled_layers_follow_the_eager_loss_curve(
+    tiny_model_dir, data_file, tmp_path, one_thread
+):
+    """`compile: true` (torch.compile per layer) trains and validates like the eager loop."""
+    cfg = {**LEARN, "steps": 6, "checkpoint_every": 0, "val_instances": 2,
+           "val_max_new_tokens": 16}  # fmt: skip
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    curves = {}
+    for compiled in (False, True):
+        run = tmp_path / str(compiled)
+        args = sft_args("grounding", tiny_model_dir, data_file, {**cfg, "compile": compiled}, run)
+        assert sft.main(args) == 0
+        curves[compiled] = [r["train/loss"] for r in train_rows(run)]
+    assert counters["stats"]["unique_graphs"] >= 1  # it did compile
+    assert len(curves[True]) == cfg["steps"]
+    assert curves[True] == pytest.approx(curves[False], rel=1e-4)
+
+
 # ---------------------------------------------------------------- LoRA
 
 

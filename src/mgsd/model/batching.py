@@ -247,7 +247,7 @@ def score_replies(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
     lo = int(pos_BR[valid_BR].min()) - 1
     hi = int(pos_BR[valid_BR].max())
     window_K = torch.arange(lo, hi, device=pos_BR.device)
-    logits_BKV = model(**model_inputs(batch), logits_to_keep=window_K).logits
+    logits_BKV = model(**model_inputs(batch), logits_to_keep=window_K, use_cache=False).logits
     src_BR = (pos_BR - 1 - lo).clamp(0, hi - lo - 1)
     logits_BRV = logits_BKV.gather(1, src_BR[..., None].expand(-1, -1, logits_BKV.shape[-1]))
     return _gathered_logprobs(logits_BRV, tokens_BR, valid_BR)

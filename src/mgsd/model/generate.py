@@ -1,14 +1,18 @@
 """Batched generation with per-token log-probs, stopping at the closed answer block.
 
-`generate(model, processor, examples, max_new_tokens, ...)` runs ``model.generate`` (KV cache,
-left padding from `collate_generate`) with one logits processor of ours, `_Chooser`, as the
-only processor: it receives the raw logits of each step, picks the next token itself (argmax
-when ``temperature == 0``, else a sample from softmax(logits / temperature) restricted to the
-`top_p` nucleus, drawn from a private generator seeded by `seed`), records the log-prob of the
-chosen token under the model's temperature-1 distribution (``log_softmax`` of the raw logits,
-the quantity distillation compares with the teacher) and hands ``generate`` a one-hot score so
-its greedy step takes that token. Structural special tokens (`BANNED_IN_REPLY`: chat and
-vision markers) and ids past the tokenizer (padding rows of the embedding) are never chosen.
+`generate(model, processor, examples, max_new_tokens, ...)` decodes left-padded prompts (from
+`collate_generate`) with one chooser of ours, `_Chooser`, that sees the raw logits of each
+step and picks the next token itself (argmax when ``temperature == 0``, else a sample from
+softmax(logits / temperature) restricted to the `top_p` nucleus, drawn from a private generator
+seeded by `seed`), recording the log-prob of the chosen token under the model's temperature-1
+distribution (``log_softmax`` of the raw logits, the quantity distillation compares with the
+teacher). Structural special tokens (`BANNED_IN_REPLY`: chat and vision markers) and ids past
+the tokenizer (padding rows of the embedding) are never chosen.
+
+Two engines run this same recipe: "static" (`mgsd.model.decode`: static KV cache, the decode
+step captured as a CUDA graph on a GPU; the default for Qwen3-VL) and "hf" (the library's
+``model.generate`` with `_Chooser` as its only logits processor, the reference the static
+engine is tested against).
 
 A sequence stops at ``<|im_end|>`` / ``<|endoftext|>`` (kept in its token ids) or, with
 `stop_at_answer`, right after the token that closes ``</answer>``. A reply that never closes an
@@ -32,6 +36,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from mgsd.model import decode
 from mgsd.model.batching import Example, collate_generate, end_id, pad_id, to_device
 
 CLOSE_ANSWER = re.compile(r"<\s*/\s*answer\s*>", re.IGNORECASE)
@@ -73,7 +78,8 @@ class _Chooser(LogitsProcessor):
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
         self.banned, self.n_tokens = banned, n_tokens
         self.generator: torch.Generator | None = None
-        self.logprobs: list[torch.Tensor] = []  # one (B,) per step
+        self.bias_V: torch.Tensor | None = None  # -inf on ids never chosen, else 0
+        self.logprobs: list[torch.Tensor] = []  # one (B,) per step (plain engine)
 
     def _sample(self, logits_BV: torch.Tensor) -> torch.Tensor:
         if self.generator is None:
@@ -89,43 +95,66 @@ class _Chooser(LogitsProcessor):
             probs_BV = torch.zeros_like(probs_BV).scatter(-1, order_BV, sorted_BV)
         return torch.multinomial(probs_BV, 1, generator=self.generator).squeeze(1)
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
-        logits_BV = scores.float()
-        allowed_BV = logits_BV.clone()
-        allowed_BV[:, self.banned] = float("-inf")
-        # rows past the tokenizer (Qwen3-VL pads 151669 tokens to 151936 rows) decode to nothing
-        allowed_BV[:, self.n_tokens :] = float("-inf")
+    def choose(self, scores_BV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next token of each row and its log-prob (temperature 1), from raw logits."""
+        logits_BV = scores_BV.float()
+        if self.bias_V is None or self.bias_V.shape[0] != logits_BV.shape[1]:
+            bias_V = torch.zeros(logits_BV.shape[1])
+            bias_V[self.banned] = float("-inf")
+            # rows past the tokenizer (Qwen3-VL pads 151669 tokens to 151936 rows) decode to
+            # nothing
+            bias_V[self.n_tokens :] = float("-inf")
+            self.bias_V = bias_V.to(logits_BV.device)
+        allowed_BV = logits_BV + self.bias_V
         chosen_B = allowed_BV.argmax(-1) if self.temperature == 0 else self._sample(allowed_BV)
         logprobs_BV = torch.log_softmax(logits_BV, dim=-1)
-        self.logprobs.append(logprobs_BV.gather(1, chosen_B[:, None]).squeeze(1))
-        forced_BV = torch.full_like(logits_BV, float("-inf"))
+        return chosen_B, logprobs_BV.gather(1, chosen_B[:, None]).squeeze(1)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
+        chosen_B, logprob_B = self.choose(scores)
+        self.logprobs.append(logprob_B)
+        forced_BV = torch.full_like(scores, float("-inf"), dtype=torch.float32)
         return forced_BV.scatter(1, chosen_B[:, None], 0.0)
 
 
-class _AnswerStop(StoppingCriteria):
-    """Marks a row done once its generated text contains a closing answer tag."""
+class _Stops(StoppingCriteria):
+    """Where each row stops: its first end token, or (`at_answer`) its closed answer block."""
 
-    def __init__(self, tokenizer: Any, prompt_len: int, batch_size: int):
-        self.tokenizer, self.prompt_len = tokenizer, prompt_len
+    def __init__(self, tokenizer: Any, end_ids: list[int], at_answer: bool, batch_size: int):
+        self.tokenizer, self.end_ids, self.at_answer = tokenizer, set(end_ids), at_answer
         vocab = tokenizer.get_vocab()
-        # "</answer>" ends with ">": only rows whose last token holds one need decoding
-        has_gt = torch.zeros(max(max(vocab.values()) + 1, len(tokenizer)), dtype=torch.bool)
-        has_gt[[i for t, i in vocab.items() if ">" in t]] = True
-        self.has_gt = has_gt
+        # "</answer>" ends with ">": only positions holding such a token need decoding
+        self.has_gt = {i for t, i in vocab.items() if ">" in t}
         self.stopped_at: list[int | None] = [None] * batch_size  # generated tokens at the stop
+        self.scanned = 0  # generated positions already looked at
+        self.prompt_len = 0  # plain engine: where generated tokens start in input_ids
+
+    def update(self, new_BN: torch.Tensor) -> torch.Tensor:
+        """Scans the positions not yet seen; (B,) bool, rows that have stopped by now."""
+        n = new_BN.shape[1]
+        first = max(0, self.scanned - _TAIL_TOKENS)  # unseen positions and the tails they need
+        for b, ids in enumerate(new_BN[:, first:].tolist()):
+            if self.stopped_at[b] is not None:
+                continue
+            for pos in range(self.scanned, n):
+                token = ids[pos - first]
+                if token in self.end_ids:
+                    self.stopped_at[b] = pos + 1
+                    break
+                if self.at_answer and token in self.has_gt:
+                    start = max(first, pos + 1 - _TAIL_TOKENS) - first
+                    if CLOSE_ANSWER.search(self.tokenizer.decode(ids[start : pos + 1 - first])):
+                        self.stopped_at[b] = pos + 1
+                        break
+        self.scanned = n
+        return torch.tensor([s is not None for s in self.stopped_at], dtype=torch.bool)
+
+    def all_done(self, new_BN: torch.Tensor) -> bool:
+        return bool(self.update(new_BN).all())
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        new_BN = input_ids[:, self.prompt_len :]
-        n = new_BN.shape[1]
-        done_B = torch.zeros(new_BN.shape[0], dtype=torch.bool, device=input_ids.device)
-        candidates = self.has_gt.to(input_ids.device)[new_BN[:, -1]].nonzero().flatten()
-        for b in candidates.tolist():
-            tail = self.tokenizer.decode(new_BN[b, max(0, n - _TAIL_TOKENS) :].tolist())
-            if CLOSE_ANSWER.search(tail):
-                done_B[b] = True
-                if self.stopped_at[b] is None:
-                    self.stopped_at[b] = n
-        return done_B
+        done_B = self.update(input_ids[:, self.prompt_len :].cpu())
+        return done_B.to(input_ids.device)
 
 
 def _generation_config(processor: Any, max_new_tokens: int) -> GenerationConfig:
@@ -144,6 +173,9 @@ def _generation_config(processor: Any, max_new_tokens: int) -> GenerationConfig:
     )
 
 
+ENGINES = ("auto", "static", "hf")
+
+
 def generate(
     model: Any,
     processor: Any,
@@ -153,50 +185,78 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = None,
     stop_at_answer: bool = True,
+    engine: str = "auto",
 ) -> list[Generation]:
-    """Replies to `examples` in one batch; see the module docstring for the exact semantics."""
+    """Replies to `examples` in one batch; see the module docstring for the exact semantics.
+
+    `engine`: "static" (`mgsd.model.decode`: static KV cache, CUDA graph on a GPU), "hf" (the
+    library's ``generate``), "auto": static for the Qwen3-VL layout, else hf.
+    """
     if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
         raise ValueError(
             f"generate: need temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1 "
             f"(got {temperature}, {top_p}, {max_new_tokens})"
         )
+    if engine not in ENGINES:
+        raise ValueError(f"generate: engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "auto":
+        engine = "static" if decode.supports(model) else "hf"
+    elif engine == "static" and not decode.supports(model):
+        raise ValueError(f"generate: the static engine does not know {type(model).__name__}")
     device = next(model.parameters()).device
     batch = to_device(collate_generate(processor, examples), device)
-    prompt_len = batch["input_ids"].shape[1]
     config = _generation_config(processor, max_new_tokens)
     tok = processor.tokenizer
     chooser = _Chooser(temperature, top_p, seed, banned_ids(tok), n_tokens=len(tok))
-    stop = _AnswerStop(processor.tokenizer, prompt_len, len(examples))
-    # generate() fills every setting we leave unset from the model's own generation config
-    # (a pretrained model's may sample, penalise repeats, force a minimum length...): swap in
-    # the neutral library defaults so that _Chooser is the only logits processor.
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    saved_config, was_training = inner.generation_config, model.training
-    inner.generation_config = GenerationConfig()
+    stops = _Stops(tok, config.eos_token_id, stop_at_answer, len(examples))
+    was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model.generate(
-                **batch,
-                generation_config=config,
-                logits_processor=LogitsProcessorList([chooser]),
-                stopping_criteria=StoppingCriteriaList([stop] if stop_at_answer else []),
-            )
+            if engine == "static":
+                new_BN, logprobs_BN = decode.static_decode(
+                    model, batch, max_new_tokens, chooser.choose, stops.all_done
+                )
+            else:
+                new_BN, logprobs_BN = _hf_generate(model, batch, config, chooser, stops)
     finally:
-        inner.generation_config = saved_config
         model.train(was_training)
-    sequences_BT = out if isinstance(out, torch.Tensor) else out.sequences
-    new_BN = sequences_BT[:, prompt_len:].cpu()
-    logprobs_BN = torch.stack(chooser.logprobs, 1).cpu() if chooser.logprobs else None
     results = []
     for b in range(len(examples)):
         ids = new_BN[b].tolist()
-        cut = len(ids) if stop.stopped_at[b] is None else stop.stopped_at[b]
+        cut = len(ids) if stops.stopped_at[b] is None else stops.stopped_at[b]
         ends = [i for i, t in enumerate(ids[:cut]) if t in config.eos_token_id]
         cut = ends[0] + 1 if ends else cut
-        text = processor.tokenizer.decode(ids[:cut], skip_special_tokens=True)
-        logprobs = logprobs_BN[b, :cut].tolist() if logprobs_BN is not None else []
+        text = tok.decode(ids[:cut], skip_special_tokens=True)
+        logprobs = logprobs_BN[b, :cut].tolist()
         results.append(
             Generation(ids[:cut], text, logprobs, finished=bool(CLOSE_ANSWER.search(text)))
         )
     return results
+
+
+def _hf_generate(
+    model: Any, batch: dict, config: GenerationConfig, chooser: _Chooser, stops: _Stops
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain engine: the library's ``generate`` with `chooser` as the only processor."""
+    stops.prompt_len = batch["input_ids"].shape[1]
+    # generate() fills every setting we leave unset from the model's own generation config
+    # (a pretrained model's may sample, penalise repeats, force a minimum length...): swap in
+    # the neutral library defaults so that _Chooser is the only logits processor.
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved_config = inner.generation_config
+    inner.generation_config = GenerationConfig()
+    try:
+        # eager even where the training loop compiled the layers (their graphs have no cache)
+        with torch.compiler.set_stance("force_eager"):
+            out = model.generate(
+                **batch,
+                generation_config=config,
+                logits_processor=LogitsProcessorList([chooser]),
+                stopping_criteria=StoppingCriteriaList([stops]),
+            )
+    finally:
+        inner.generation_config = saved_config
+    sequences_BT = out if isinstance(out, torch.Tensor) else out.sequences
+    new_BN = sequences_BT[:, stops.prompt_len :].cpu()
+    return new_BN, torch.stack(chooser.logprobs, 1).cpu()

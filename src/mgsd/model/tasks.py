@@ -6,6 +6,7 @@
 | `symbolic` | state as text (symbolic pretraining, the `text` condition) | state, then plan |
 | `teacher` | state as text + the reference plan (the distillation teacher) | state, then plan |
 | `grounding` | picture + grounding prompt (MGSD stage 1) | the state text |
+| `grounding_student` | picture + student prompt (stage 1, `grounding_prompt: student`) | the state, no end of turn |
 | `oracle` | picture + student prompt, the true state forced as the reply's start | the plan |
 """
 
@@ -24,6 +25,15 @@ from mgsd.model import prompts
 from mgsd.model.batching import Example
 
 STAGE_TASK = {"symbolic_pretrain": "symbolic", "grounding": "grounding", "sft_direct": "student"}
+
+
+def stage_task(stage: str, grounding_prompt: str = "grounding") -> str:
+    """The task a supervised stage trains (grounding may read the state under the student prompt)."""
+    if stage == "grounding" and grounding_prompt == "student":
+        return "grounding_student"
+    return STAGE_TASK[stage]
+
+
 CONDITION_TASK = {"image": "student", "text": "symbolic", "image_oracle_state": "oracle"}
 
 
@@ -84,17 +94,22 @@ def make_example(
         target = prompts.grounding_reply(p, s) if end else prompts.state_prefix(p, s)
         reply = target if with_reply else None
         return Example(prompts.grounding_messages(p, style), reply, inst.image, end=end)
+    if task == "grounding_student":  # the state as the start of a reply to the task's prompt
+        reply = prompts.state_prefix(p, s) if with_reply else None
+        return Example(prompts.student_messages(p, style), reply, inst.image, end=False)
     if task == "oracle":
         prefix = prompts.state_prefix(p, s)
         reply = full[len(prefix) :] if with_reply else None
         return Example(prompts.student_messages(p, style), reply, inst.image, prefix=prefix)
-    raise ValueError(f"unknown task {task!r} (student, symbolic, teacher, grounding, oracle)")
+    raise ValueError(
+        f"unknown task {task!r} (student, symbolic, teacher, grounding, grounding_student, oracle)"
+    )
 
 
 def task_success(task: str, inst: Instance, reply: str) -> bool:
     """Greedy validation success: the right state for grounding, a solved puzzle otherwise."""
     p = puzzles.get(inst.puzzle)
-    if task == "grounding":
+    if task in ("grounding", "grounding_student"):
         stated = prompts.parse_stated_state(inst.puzzle, reply + "\n<answer></answer>")
         truth = p.field_values(inst.state)
         return all(stated.get(k) == v for k, v in truth.items())

@@ -74,6 +74,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint folder is incomplete, corrupt or does not fit the model."""
 
 
+def compile_layers(model: torch.nn.Module) -> int:
+    """torch.compile every decoder layer and vision block in place; returns how many.
+
+    The identical layers share one compiled graph per kind (their forwards run without a KV
+    cache: training forwards pass ``use_cache=False``). Generation runs its prefill eagerly
+    (`mgsd.model.decode`), so a compiled model still decodes with the static engine.
+    """
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = [*inner.model.language_model.layers, *inner.model.visual.blocks]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def setup(cfg_seed: int, mixed_precision: str = "auto") -> Accelerator:
     """An Accelerator (bf16 on CUDA, fp32 on CPU; "auto" picks) with every RNG seeded.
 

@@ -50,7 +50,7 @@ def reply_logits(model, processor, examples, reply_ids: list[list[int]], device)
     """
     batch = to_device(collate_score(processor, examples, reply_ids), device)
     reply_mask_BL = batch.pop("reply_mask")
-    logits_BLV = model(**batch).logits
+    logits_BLV = model(**batch, use_cache=False).logits
     # the logits at position l predict the token at l + 1
     pred_mask_BL = torch.zeros_like(reply_mask_BL)
     pred_mask_BL[:, :-1] = reply_mask_BL[:, 1:]
@@ -154,6 +154,8 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
     model, processor = load_model(args.init, device=acc.device, trainable=True)
     if not cfg.train_vision:
         freeze_vision(model)
+    if cfg.compile:
+        common.compile_layers(model)
     teacher, _ = load_model(args.teacher, device=acc.device, trainable=False)
     teacher.eval().requires_grad_(False)
     model.train()

@@ -32,7 +32,7 @@ from mgsd.model.batching import collate_train
 from mgsd.model.generate import generate
 from mgsd.model.load import ModelLoadError, load_model, save_model
 from mgsd.model.lora import apply_lora, freeze_vision, merge_lora
-from mgsd.model.tasks import STAGE_TASK, load_instances, make_example, task_success
+from mgsd.model.tasks import STAGE_TASK, load_instances, make_example, stage_task, task_success
 from mgsd.train import common, losses
 
 
@@ -61,7 +61,7 @@ def validate(model, processor, insts, task, style, cfg: TrainConfig, device) -> 
             device,
         )
         labels = batch.pop("labels")
-        _, st = losses.sft_loss(model(**batch).logits, labels)
+        _, st = losses.sft_loss(model(**batch, use_cache=False).logits, labels)
         total, tokens = total + st["loss"] * st["tokens"], tokens + st["tokens"]
         gens = generate(
             model,
@@ -75,7 +75,7 @@ def validate(model, processor, insts, task, style, cfg: TrainConfig, device) -> 
 
 
 def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
-    task = STAGE_TASK[args.stage]
+    task = stage_task(args.stage, cfg.grounding_prompt)
     acc = common.setup(cfg.seed)
     train_set = load_instances(args.train)
     val_set = validation_set(load_instances(args.val), cfg.val_instances, cfg.seed)
@@ -87,6 +87,8 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
         model = apply_lora(model, cfg.lora, train_vision)
     elif not train_vision:
         freeze_vision(model)
+    if cfg.compile:
+        common.compile_layers(model)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = common.make_optimizer(trainable, cfg.lr, cfg.weight_decay)
@@ -138,7 +140,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
             labels = batch.pop("labels")
             ctx = acc.no_sync(model) if j < len(batches) - 1 else _null()
             with ctx, acc.autocast(), common.explain_oom(args.stage):
-                loss, st = losses.sft_loss(model(**batch).logits, labels)
+                loss, st = losses.sft_loss(model(**batch, use_cache=False).logits, labels)
                 acc.backward(loss * st["tokens"] / global_tokens * acc.num_processes)
             loss_sum += st["loss"] * st["tokens"]
             acc_sum += st["token_accuracy"] * st["tokens"]
