@@ -62,6 +62,8 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mgsd import config
+from mgsd.data.records import RecordError
+from mgsd.model.load import ModelLoadError
 
 EXIT_RESUMABLE = 75
 Model = torch.nn.Module
@@ -72,6 +74,12 @@ _CKPT_RE = re.compile(r"^step-(\d{6,})$")
 
 class CheckpointError(RuntimeError):
     """A checkpoint folder is incomplete, corrupt or does not fit the model."""
+
+
+# bad input a stage reports in one line (exit 1) instead of a traceback
+INPUT_ERRORS = (
+    config.ConfigError, RecordError, ModelLoadError, CheckpointError, FileNotFoundError
+)  # fmt: skip
 
 
 def compile_layers(model: torch.nn.Module) -> int:

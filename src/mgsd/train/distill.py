@@ -30,10 +30,9 @@ import torch
 
 from mgsd import puzzles
 from mgsd.config import ConfigError, DistillConfig, load_section, to_dict
-from mgsd.data.records import RecordError
 from mgsd.model.batching import collate_score
 from mgsd.model.generate import generate
-from mgsd.model.load import ModelLoadError, load_model, save_model
+from mgsd.model.load import load_model, save_model
 from mgsd.model.lora import freeze_vision
 from mgsd.model.tasks import load_instances, make_example, task_success
 from mgsd.train import common, losses
@@ -338,13 +337,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_section(DistillConfig, args.config, "distill")
         metrics = train(args, cfg)
-    except (
-        ConfigError,
-        RecordError,
-        ModelLoadError,
-        common.CheckpointError,
-        FileNotFoundError,
-    ) as e:
+    except common.INPUT_ERRORS as e:
         print(f"mgsd distill: {e}", file=sys.stderr)
         return 1
     from accelerate import PartialState

@@ -27,10 +27,9 @@ import numpy as np
 import torch
 
 from mgsd.config import ConfigError, TrainConfig, load_section, to_dict
-from mgsd.data.records import RecordError
 from mgsd.model.batching import collate_train
 from mgsd.model.generate import generate
-from mgsd.model.load import ModelLoadError, load_model, save_model
+from mgsd.model.load import load_model, save_model
 from mgsd.model.lora import apply_lora, freeze_vision, merge_lora
 from mgsd.model.tasks import STAGE_TASK, load_instances, make_example, stage_task, task_success
 from mgsd.train import common, losses
@@ -230,13 +229,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_section(TrainConfig, args.config, args.stage)
         metrics = train(args, cfg)
-    except (
-        ConfigError,
-        RecordError,
-        ModelLoadError,
-        common.CheckpointError,
-        FileNotFoundError,
-    ) as e:
+    except common.INPUT_ERRORS as e:
         print(f"mgsd train-sft: {e}", file=sys.stderr)
         return 1
     if metrics:
