@@ -89,6 +89,17 @@ def test_static_engine_equals_plain_engine_on_cpu(tiny, examples, settings):
     _same(static, plain, CPU_TOL)
 
 
+def test_attention_span_grows_with_the_reply(tiny, examples, monkeypatch):
+    """Attention reads the filled slots rounded up to `SPAN`: with a small span the reply
+    crosses many span boundaries, each of which must include the slot just written."""
+    monkeypatch.setattr(decode, "SPAN", 8)
+    model, processor = tiny
+    static = generate(model, processor, examples, 40, engine="static", temperature=1.0, seed=6)
+    plain = generate(model, processor, examples, 40, engine="hf", temperature=1.0, seed=6)
+    assert [g.token_ids for g in static] == [g.token_ids for g in plain]
+    _same(static, plain, CPU_TOL)
+
+
 def test_static_engine_with_lora_equals_plain_engine(tiny_model_dir, examples):
     model, processor = load_model(tiny_model_dir, device="cpu")
     model = apply_lora(model, LoraConfig(rank=4, alpha=8, dropout=0.1, target_modules="all-linear"))
@@ -135,7 +146,7 @@ def test_graph_engine_equals_plain_engine_on_gpu(tiny_model_dir, examples, stude
     for round_ in range(2):
         with ctx:
             static = generate(model, processor, examples, 40, temperature=1.0, seed=round_)
-            assert decode._inner(model)._mgsd_decode_step.graph is not None
+            assert decode._inner(model)._mgsd_decode_step.graphs
             plain = generate(
                 model, processor, examples, 40, temperature=1.0, seed=round_, engine="hf"
             )

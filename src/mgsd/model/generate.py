@@ -23,6 +23,7 @@ text exclude the prompt and the forced reply prefix; text is decoded without spe
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -186,11 +187,15 @@ def generate(
     seed: int | None = None,
     stop_at_answer: bool = True,
     engine: str = "auto",
+    timings: dict[str, float] | None = None,
 ) -> list[Generation]:
     """Replies to `examples` in one batch; see the module docstring for the exact semantics.
 
-    `engine`: "static" (`mgsd.model.decode`: static KV cache, CUDA graph on a GPU), "hf" (the
-    library's ``generate``), "auto": static for the Qwen3-VL layout, else hf.
+    `engine`: "static" (`mgsd.model.decode`: static KV cache, CUDA graphs on a GPU), "hf" (the
+    library's ``generate``), "auto": static for the Qwen3-VL layout, else hf. `timings`, if
+    given, receives seconds per phase: "collate" (prompts and pictures to tensors on the
+    device), then the static engine's "setup", "prefill" and "decode" (the plain engine's
+    "decode" holds all of its generate), and "finish" (cutting and decoding the replies).
     """
     if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
         raise ValueError(
@@ -204,7 +209,9 @@ def generate(
     elif engine == "static" and not decode.supports(model):
         raise ValueError(f"generate: the static engine does not know {type(model).__name__}")
     device = next(model.parameters()).device
+    start = time.perf_counter()
     batch = to_device(collate_generate(processor, examples), device)
+    start = decode.lap(timings, "collate", start, device)
     config = _generation_config(processor, max_new_tokens)
     tok = processor.tokenizer
     chooser = _Chooser(temperature, top_p, seed, banned_ids(tok), n_tokens=len(tok))
@@ -215,12 +222,14 @@ def generate(
         with torch.no_grad():
             if engine == "static":
                 new_BN, logprobs_BN = decode.static_decode(
-                    model, batch, max_new_tokens, chooser.choose, stops.all_done
+                    model, batch, max_new_tokens, chooser.choose, stops.all_done, timings=timings
                 )
             else:
                 new_BN, logprobs_BN = _hf_generate(model, batch, config, chooser, stops)
+                decode.lap(timings, "decode", start, device)
     finally:
         model.train(was_training)
+    start = time.perf_counter()
     results = []
     for b in range(len(examples)):
         ids = new_BN[b].tolist()
@@ -232,6 +241,7 @@ def generate(
         results.append(
             Generation(ids[:cut], text, logprobs, finished=bool(CLOSE_ANSWER.search(text)))
         )
+    decode.lap(timings, "finish", start, device)
     return results
 
 
