@@ -142,8 +142,8 @@ def one_step(step, student, teacher, probe, opt, processor, insts, args, cfg, ac
     peak_gib(device)
     sync(device)
     t0 = time.perf_counter()
-    raw.eval()  # as distill.sample: no gradient, eval mode, seeded per step
-    with torch.no_grad():
+    raw.eval()  # as distill.sample: no gradient, eval mode, the loop's autocast, seeded per step
+    with torch.no_grad(), acc.autocast():
         gens = generate(raw, processor, examples, max_new_tokens=args.reply, temperature=1.0,
                         seed=cfg.seed * 1_000_003 + step * 1009, stop_at_answer=False)  # fmt: skip
     raw.train()

@@ -414,3 +414,24 @@ def test_sampling_skips_ids_past_the_tokenizer(tiny_model_dir, insts):
     # most of the mass is past the tokenizer, so an unrestricted sampler would pick those ids
     assert torch.softmax(logits_BTV[:, 0], -1)[:, n:].sum(-1).min() > 0.5
     assert all(g.token_ids and all(0 <= t < n for t in g.token_ids) for g in gens)
+
+
+def test_sampler_log_probs_are_the_trainers(tiny, teacher, insts):
+    """The replies `sample` draws carry the log-probs the training forward gives them: the
+    logged `sampler_gap` is float noise, and it does see a sampler that is off."""
+    student, processor = tiny
+    cfg = DistillConfig(steps=1, batch_size=6, max_new_tokens=24, lr=1e-3)
+    flat, examples, gens = distill.sample(student, processor, insts[:6], cfg, "compact", 0, "cpu")
+    assert sum(len(g.token_ids) for g in gens) > 20
+    argv = ["--method", "m", "--init", "i", "--teacher", "t", "--train", "a", "--val", "b",
+            "--config", "{}", "--out", "o", "--metrics", "m", "--log", "l", "--work", "w"]  # fmt: skip
+    args, acc = distill.parse_args(argv), common.setup(0)
+    _, st = distill.distill_step(
+        student, teacher[0], processor, flat, examples, gens, args, cfg, acc
+    )
+    assert st["sampler_gap"] < 1e-4
+    off = [Generation(g.token_ids, g.text, [x - 0.5 for x in g.logprobs], g.finished) for g in gens]
+    _, st = distill.distill_step(
+        student, teacher[0], processor, flat, examples, off, args, cfg, acc
+    )
+    assert st["sampler_gap"] == pytest.approx(0.5, abs=1e-3)

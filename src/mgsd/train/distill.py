@@ -133,6 +133,13 @@ def distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc
         loss, st = losses.sampled_reverse_kl_loss(
             logp_BT, logp_BT.detach(), adv_BT, mask_BT, cfg.clip_eps, teacher_logprobs_BT=teacher_BT
         )
+    # the sampler's log-prob of each token against the trainer's: a sampler that does not draw
+    # from the model being trained shows here first (bf16 kernels: a few hundredths)
+    sampled_BT = torch.zeros_like(logp_BT)
+    for b, g in enumerate(gens):
+        sampled_BT[b, : len(g.logprobs)] = torch.tensor(g.logprobs, dtype=sampled_BT.dtype)
+    drawn_BT = mask_BT.bool() & torch.tensor([bool(g.token_ids) for g in gens], device=acc.device)[:, None]  # fmt: skip
+    gap = losses.masked_mean((sampled_BT - logp_BT.detach()).abs(), drawn_BT).item()
     parsed = [
         puzzles.get(x.puzzle).parse_answer(g.text) is not None
         for x, g in zip(flat, gens, strict=True)
@@ -141,6 +148,7 @@ def distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc
         sample_success=rewards_B.mean().item(),
         parse_rate=sum(parsed) / len(parsed),
         reply_tokens=sum(map(len, replies)) / len(replies),
+        sampler_gap=gap,
         teacher_seconds=t_teacher,
     )
     return loss, st
@@ -226,6 +234,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
             "reply_tokens",
             "clip_frac",
             "ratio_mean",
+            "sampler_gap",
         )
         vals = acc.reduce(torch.tensor([st.get(k, 0.0) for k in keys], device=acc.device), "mean")
         last = {f"distill/{k}": v.item() for k, v in zip(keys, vals, strict=True) if k in st}
