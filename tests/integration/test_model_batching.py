@@ -136,3 +136,50 @@ def test_collate_score_logprobs_match_plain_forwards(tiny, examples):
         got = logprobs_BR[b, : len(reply)].tolist()
         assert got == pytest.approx(expected, abs=1e-5)
         assert valid_BR[b].sum() == len(reply)
+
+
+def _pictures(tiny_image_size):
+    out = []
+    for i, name in enumerate(("frozenlake", "maze", "minibehaviour")):
+        p = puzzles.get(name)
+        for side in {"frozenlake": (3, 8), "maze": (3, 6), "minibehaviour": (5, 6)}[name]:
+            state = p.generate(side, i + side)
+            out.append(
+                Example(
+                    prompts.student_messages(name, "compact"),
+                    prompts.reply_text(name, state),
+                    p.render(state, tiny_image_size),
+                )
+            )
+    return out
+
+
+@pytest.mark.parametrize("collate", [collate_train, collate_generate])
+def test_batched_pictures_equal_the_processors_loop(tiny, tiny_image_size, collate, monkeypatch):
+    """Same-sized pictures go through `_batched_pictures` (one vectorised pass): the batch is
+    exactly what the processor's per-picture path gives, tokens, types and pixels."""
+    from mgsd.model import batching
+
+    processor = tiny[1]
+    examples = _pictures(tiny_image_size)
+    examples.insert(2, Example(prompts.symbolic_messages("maze", puzzles.get("maze").generate(4, 9), "compact"), "x"))  # fmt: skip
+    assert batching._batched_pictures(processor, [e.image for e in examples if e.image]) is not None
+    fast = collate(processor, examples)
+    monkeypatch.setattr(batching, "_batched_pictures", lambda *a: None)
+    slow = collate(processor, examples)
+    assert fast.keys() == slow.keys()
+    for key in slow:
+        assert fast[key].dtype == slow[key].dtype, key
+        assert torch.equal(fast[key], slow[key]), key
+
+
+def test_pictures_the_processor_would_resize_take_its_path(tiny, tiny_image_size):
+    from mgsd.model import batching
+
+    processor = tiny[1]
+    fl = puzzles.get("frozenlake")
+    picture = fl.render(fl.generate(4, 0), tiny_image_size)
+    assert batching._batched_pictures(processor, [picture, picture]) is not None
+    odd = picture.resize((tiny_image_size + 8, tiny_image_size))
+    assert batching._batched_pictures(processor, [odd]) is None  # would be resized
+    assert batching._batched_pictures(processor, [picture, odd]) is None  # sizes differ
