@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
+from mgsd.model.lora import unwrap
+
 REPO = Path(__file__).resolve().parents[1]
 PEAK_FLOPS = 989e12  # H200 SXM, dense bf16
 IMAGE_PX = 256
@@ -84,7 +86,7 @@ def matmul_params(modules, trainable: bool = False) -> int:
 
 def step_flops(model, config: Qwen3VLConfig, batch: int, seq: int, patches: int) -> float:
     t, v = config.text_config, config.vision_config
-    inner = model.base_model.model if hasattr(model, "peft_config") else model
+    inner = unwrap(model)
     lm, visual = inner.model.language_model, inner.model.visual
     n = matmul_params([lm, inner.lm_head])
     n_train = matmul_params([lm, inner.lm_head], trainable=True)
@@ -167,7 +169,7 @@ def main() -> None:
     if args.grad_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if args.compile:
-        inner = model.base_model.model if hasattr(model, "peft_config") else model
+        inner = unwrap(model)
         for layer in [*inner.model.language_model.layers, *inner.model.visual.blocks]:
             layer.compile()
     params = [p for p in model.parameters() if p.requires_grad]

@@ -17,7 +17,7 @@ from mgsd.model import decode, prompts
 from mgsd.model.batching import Example, collate_score, score_replies
 from mgsd.model.generate import generate
 from mgsd.model.load import load_model
-from mgsd.model.lora import apply_lora
+from mgsd.model.lora import apply_lora, unwrap
 
 CPU_TOL = 1e-4  # fp32: different attention kernels, same math
 BF16_TOL = 0.05  # log-probs of a bf16 model, two kernel orders
@@ -124,7 +124,7 @@ def test_compiled_layer_step_equals_plain_engine(tiny, examples, monkeypatch):
     )
     model, processor = tiny
     static = generate(model, processor, examples, 24, temperature=1.0, seed=2, engine="static")
-    assert decode._inner(model)._mgsd_decode_step.compiled
+    assert unwrap(model)._mgsd_decode_step.compiled
     plain = generate(model, processor, examples, 24, temperature=1.0, seed=2, engine="hf")
     assert [g.token_ids for g in static] == [g.token_ids for g in plain]
     _same(static, plain, CPU_TOL)
@@ -146,7 +146,7 @@ def test_graph_engine_equals_plain_engine_on_gpu(tiny_model_dir, examples, stude
     for round_ in range(2):
         with ctx:
             static = generate(model, processor, examples, 40, temperature=1.0, seed=round_)
-            assert decode._inner(model)._mgsd_decode_step.graphs
+            assert unwrap(model)._mgsd_decode_step.graphs
             plain = generate(
                 model, processor, examples, 40, temperature=1.0, seed=round_, engine="hf"
             )

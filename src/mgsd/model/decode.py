@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
 
+from mgsd.model.lora import unwrap
+
 LENGTH_BUCKET = 64  # cache lengths are rounded up to this, so graphs are reused across batches
 SPAN = 64  # attention reads the cache up to the filled slots rounded up to this
 CHECK_EVERY = 16  # decode steps between two host-side stop checks
@@ -54,7 +56,7 @@ _MLP = ("gate_proj", "up_proj", "down_proj")
 def supports(model: Any) -> bool:
     """Whether `model` (possibly PEFT-wrapped) has the Qwen3-VL layout this engine decodes:
     bias-free projections, plain or with plain LoRA adapters (no DoRA, no LoRA bias)."""
-    inner = _inner(model)
+    inner = unwrap(model)
     lm = getattr(getattr(inner, "model", None), "language_model", None)
     if lm is None or not hasattr(inner, "lm_head") or not hasattr(inner.model, "get_rope_index"):
         return False
@@ -77,10 +79,6 @@ def _plain(linear: Any) -> bool:
         extras = [*getattr(linear, "use_dora", {}).values(), *getattr(linear, "lora_bias", {}).values()]  # fmt: skip
         return plain_lora and not any(extras) and _plain(linear.get_base_layer())
     return isinstance(linear, torch.nn.Linear) and linear.bias is None
-
-
-def _inner(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _weight(linear: Any) -> torch.Tensor:
@@ -391,7 +389,7 @@ def static_decode(
     the seconds spent in "setup" (weights, buffers, graphs), "prefill" and "decode" (the
     device is synchronised at each boundary).
     """
-    inner = _inner(model)
+    inner = unwrap(model)
     device = batch["input_ids"].device
     graphs = device.type == "cuda" if graphs is None else graphs
     compiled = (graphs and COMPILE_ON_CUDA) if compiled is None else compiled

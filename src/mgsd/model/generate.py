@@ -39,6 +39,7 @@ from transformers import (
 
 from mgsd.model import decode
 from mgsd.model.batching import Example, collate_generate, end_id, pad_id, to_device
+from mgsd.model.lora import unwrap
 
 CLOSE_ANSWER = re.compile(r"<\s*/\s*answer\s*>", re.IGNORECASE)
 _TAIL_TOKENS = 16  # enough tokens to hold "</answer>" even split into single characters
@@ -253,7 +254,7 @@ def _hf_generate(
     # generate() fills every setting we leave unset from the model's own generation config
     # (a pretrained model's may sample, penalise repeats, force a minimum length...): swap in
     # the neutral library defaults so that _Chooser is the only logits processor.
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap(model)
     saved_config = inner.generation_config
     inner.generation_config = GenerationConfig()
     try:

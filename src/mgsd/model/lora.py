@@ -15,6 +15,11 @@ from mgsd.config import LoraConfig
 VISION = "visual"
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a PEFT wrapper (the model itself when it has none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def freeze_vision(model: torch.nn.Module) -> int:
     """Stop gradients into the vision tower; returns the number of frozen tensors."""
     frozen = 0

@@ -64,6 +64,7 @@ from tqdm.auto import tqdm
 from mgsd import config
 from mgsd.data.records import RecordError
 from mgsd.model.load import ModelLoadError
+from mgsd.model.lora import unwrap
 
 EXIT_RESUMABLE = 75
 Model = torch.nn.Module
@@ -89,7 +90,7 @@ def compile_layers(model: torch.nn.Module) -> int:
     cache: training forwards pass ``use_cache=False``). Generation runs its prefill eagerly
     (`mgsd.model.decode`), so a compiled model still decodes with the static engine.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap(model)
     layers = [*inner.model.language_model.layers, *inner.model.visual.blocks]
     for layer in layers:
         layer.compile()
