@@ -11,9 +11,9 @@ and decode) is timed apart from the steady state (a second call, which reuses th
 Prints decoded positions/s (batch x decode steps / s: rows that ended early at a sampled end
 token are still decoded each step) over the whole call and over its decode phase alone (after
 the prompts are collated and prefilled; `generate`'s `timings`), the kept reply tokens/s,
-instances/s and the share of the memory-bandwidth roofline in positions/s: a decode step must read every weight once, so at most
-`bandwidth / weight bytes` steps per second, i.e. `batch x 4.8e12 / weight bytes` tokens/s on an
-H200, weight bytes = the text decoder and output head (the vision tower runs only in the
+instances/s and the share of the memory-bandwidth roofline in positions/s: a decode step must
+read every weight once, so at most `bandwidth / weight bytes` steps per second, i.e.
+`batch x 4.8e12 / weight bytes` tokens/s on an H200, weight bytes = the text decoder and output head (the vision tower runs only in the
 prefill; KV-cache reads are left out, which flatters the roofline at long replies). `--profile`
 adds the CUDA kernel time of one more call, grouped by kind.
 """
@@ -24,7 +24,7 @@ import argparse
 import time
 
 import torch
-from bench_distill_step import build, instances
+from bench_distill_step import build, instances, sync
 from transformers import Qwen3VLForConditionalGeneration
 
 from mgsd.model import decode
@@ -69,13 +69,11 @@ def main() -> None:
             examples = [make_example("student", x, "compact", False) for x in insts[:batch]]
             times, phases = [], {}
             for timings in (None, phases):  # the first call of a shape captures its graphs
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                sync(device)
                 t0 = time.perf_counter()
                 gens = generate(model, processor, examples, args.reply, temperature=1.0, seed=0,
                                 stop_at_answer=False, engine=engine, timings=timings)  # fmt: skip
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
+                sync(device)
                 times.append(time.perf_counter() - t0)
             dt = times[-1]
             tokens = sum(len(g.token_ids) for g in gens)

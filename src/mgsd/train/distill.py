@@ -135,9 +135,10 @@ def distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc
         )
     # the sampler's log-prob of each token against the trainer's: a sampler that does not draw
     # from the model being trained shows here first (bf16 kernels: a few hundredths)
-    sampled_BT = torch.zeros_like(logp_BT)
+    sampled_BT = torch.zeros(logp_BT.shape, dtype=logp_BT.dtype)  # filled on the host, moved once
     for b, g in enumerate(gens):
         sampled_BT[b, : len(g.logprobs)] = torch.tensor(g.logprobs, dtype=sampled_BT.dtype)
+    sampled_BT = sampled_BT.to(acc.device)
     drawn_BT = mask_BT.bool() & torch.tensor([bool(g.token_ids) for g in gens], device=acc.device)[:, None]  # fmt: skip
     gap = losses.masked_mean((sampled_BT - logp_BT.detach()).abs(), drawn_BT).item()
     parsed = [
