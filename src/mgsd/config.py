@@ -99,7 +99,15 @@ class ScratchConfig:
     )
     rope_theta: float = _f(10000.0, help="rotary base", gt=0)
     max_position_embeddings: int = _f(4096, help="longest sequence", ge=64)
-    vocab_size: int = _f(1024, help="size of the domain tokenizer (BPE target)", ge=300)
+    vocab_size: int = _f(
+        1024, help="size the domain tokenizer is trained to (BPE target; it may stop short)", ge=300
+    )
+    embedding_rows: int = _f(
+        0,
+        help="rows of the embedding and output head (0: the tokenizer's size rounded up to a "
+        "multiple of 64); rows past the tokenizer are never sampled nor trained on",
+        ge=0,
+    )
     vision_depth: int = _f(2, help="vision transformer blocks", ge=1)
     vision_hidden_size: int = _f(64, help="vision hidden size", ge=8)
     vision_num_heads: int = _f(4, help="vision attention heads", ge=1)
@@ -202,7 +210,32 @@ class DistillConfig:
     warmup_ratio: float = _f(0.0, help="share of steps with linear warmup", ge=0, le=1)
     weight_decay: float = _f(0.01, help="AdamW weight decay", ge=0)
     grad_clip: float = _f(1.0, help="gradient norm clip (0: off)", ge=0)
-    clip_eps: float = _f(0.2, help="PPO clip of the importance ratio", gt=0)
+    clip_low: float = _f(
+        0.2, help="PPO clip of the importance ratio, below 1 (1 - clip_low)", gt=0, lt=1
+    )
+    clip_high: float = _f(
+        0.2, help="PPO clip of the importance ratio, above 1 (1 + clip_high)", gt=0
+    )
+    dual_clip: float = _f(
+        0.0,
+        help="dual-clip PPO: the loss of a negative advantage A is at most -dual_clip x A "
+        "(0: off, else > 1; the reference code uses 3)",
+        ge=0,
+    )
+    kl_baseline: bool = _f(
+        False,
+        help="sampled_reverse_kl: subtract from each token's advantage its expectation under "
+        "the student, -KL_t (the exact per-token reverse KL): same expected gradient, less variance",
+    )
+    forward_kl_weight: float = _f(
+        0.0,
+        help="weight of a forward-KL term: cross-entropy from the teacher's renormalised top-k "
+        "to the student at every reply token (0: off)",
+        ge=0,
+    )
+    forward_kl_top_k: int = _f(
+        16, help="tokens of the teacher's top-k in the forward-KL term", ge=1
+    )
     train_vision: bool = _f(True, help="train the vision tower too")
     compile: bool = _compile_field()
     teacher_offload: bool = _f(False, help="keep the teacher on the CPU between steps")
@@ -459,6 +492,8 @@ def _check_config(c: Config) -> None:
             raise ConfigError(f"unknown key resources.{stage} (stages: {', '.join(STAGES)})")
     if c.backbone.source == "scratch":
         check_scratch(c.backbone.scratch)
+    if c.distill.dual_clip and c.distill.dual_clip <= 1:
+        raise ConfigError(f"distill.dual_clip: {c.distill.dual_clip} must be 0 (off) or > 1")
     for stage in ("symbolic_pretrain", "grounding", "sft_direct"):
         t: TrainConfig = getattr(c, stage)
         if t.batch_size % t.grad_accum:

@@ -13,7 +13,7 @@ import torch
 
 from mgsd import puzzles
 from mgsd.config import LoraConfig
-from mgsd.model import decode, prompts
+from mgsd.model import decode, prompts, support
 from mgsd.model.batching import Example, collate_score, score_replies
 from mgsd.model.generate import generate
 from mgsd.model.load import load_model
@@ -153,7 +153,10 @@ def test_graph_engine_equals_plain_engine_on_gpu(tiny_model_dir, examples, stude
         _same(static, plain, BF16_TOL)
         batch = collate_score(processor, examples, [g.token_ids for g in static])
         with ctx, torch.no_grad():
-            scored, _ = score_replies(model, {k: v.cuda() for k, v in batch.items()})
+            allowed_V = support.support_mask(
+                processor.tokenizer, support.output_rows(model), "cuda"
+            )
+            scored, _ = score_replies(model, {k: v.cuda() for k, v in batch.items()}, allowed_V)
         for b, g in enumerate(static):
             assert g.logprobs == pytest.approx(scored[b, : len(g.logprobs)].tolist(), abs=BF16_TOL)
         with torch.no_grad():  # an optimizer step in place: the replayed graph must see it

@@ -10,6 +10,7 @@ several times slower than one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from mgsd import puzzles
 from mgsd.config import DistillConfig
 from mgsd.data import records
 from mgsd.data.generate import generate_rows
+from mgsd.model import support
 from mgsd.model.batching import (
     Example,
     collate_score,
@@ -132,11 +134,33 @@ def plain_forward(model, processor, example: Example, reply: list[int]):
     return logits_LV[0], len(prompt)
 
 
+STRUCTURAL = (
+    "<|im_start|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+def on_support(processor, logits_LV: torch.Tensor) -> torch.Tensor:
+    """The logits with -inf on the ids a reply can never hold, written out here, apart from
+    `mgsd.model.support`: structural tokens and rows past the tokenizer."""
+    tok = processor.tokenizer
+    dead = [tok.convert_tokens_to_ids(t) for t in STRUCTURAL] + list(
+        range(len(tok), logits_LV.shape[-1])
+    )
+    out = logits_LV.clone()
+    out[..., dead] = float("-inf")
+    return out
+
+
 def reference_logprobs(model, processor, examples, replies) -> list[torch.Tensor]:
     out = []
     for ex, reply in zip(examples, replies, strict=True):
         logits_LV, p = plain_forward(model, processor, ex, reply)
-        logprobs_RV = torch.log_softmax(logits_LV[p - 1 : p - 1 + len(reply)], dim=-1)
+        logits_RV = on_support(processor, logits_LV[p - 1 : p - 1 + len(reply)])
+        logprobs_RV = torch.log_softmax(logits_RV, dim=-1)
         out.append(logprobs_RV.gather(1, torch.tensor(reply)[:, None]).squeeze(1))
     return out
 
@@ -150,11 +174,15 @@ def replies_of(processor, insts) -> list[list[int]]:
     return out
 
 
+def allowed(model, processor) -> torch.Tensor:
+    return support.support_mask(processor.tokenizer, support.output_rows(model))
+
+
 def loop_logprobs(model, processor, examples, replies) -> tuple[torch.Tensor, torch.Tensor]:
-    """What `distill_step` computes: `reply_logits`, then `token_logprobs` on the padded ids."""
+    """What `distill_step` computes: `distill.score`, then the log-probs of the reply ids."""
     with torch.no_grad():
-        logits_BTV, mask_BT = distill.reply_logits(model, processor, examples, replies, "cpu")
-    return losses.token_logprobs(logits_BTV, distill.pad_ids(replies, "cpu")), mask_BT
+        scored = distill.score(model, processor, examples, replies, allowed(model, processor))
+    return scored.logprobs(), scored.valid
 
 
 @pytest.mark.parametrize("task", ["teacher", "symbolic", "student"])
@@ -184,15 +212,18 @@ def test_first_reply_token_is_scored_by_the_last_prompt_position(teacher, insts)
         examples = [make_example(task, x, "compact", with_reply=False) for x in insts[:3]]
         replies = replies_of(processor, insts[:3])
         with torch.no_grad():
-            logits_BTV, _ = distill.reply_logits(model, processor, examples, replies, "cpu")
+            scored = distill.score(model, processor, examples, replies, allowed(model, processor))
+        logits_BTV = scored.logits
         for b, (ex, reply) in enumerate(zip(examples, replies, strict=True)):
             logits_LV, p = plain_forward(model, processor, ex, reply)
+            logits_LV = on_support(processor, logits_LV)
             assert torch.allclose(logits_BTV[b, 0], logits_LV[p - 1], atol=LOGPROB_TOL)
             last = len(reply) - 1
             assert torch.allclose(logits_BTV[b, last], logits_LV[p - 1 + last], atol=LOGPROB_TOL)
             # the neighbours differ by far more than the tolerance: the check can fail
-            assert (logits_BTV[b, 0] - logits_LV[p]).abs().max() > 100 * LOGPROB_TOL
-            assert (logits_BTV[b, 0] - logits_LV[p - 2]).abs().max() > 100 * LOGPROB_TOL
+            live = torch.isfinite(logits_LV[p])
+            assert (logits_BTV[b, 0] - logits_LV[p])[live].abs().max() > 100 * LOGPROB_TOL
+            assert (logits_BTV[b, 0] - logits_LV[p - 2])[live].abs().max() > 100 * LOGPROB_TOL
 
 
 def step_inputs(processor, insts, replies):
@@ -206,15 +237,18 @@ def step_inputs(processor, insts, replies):
     return examples, gens
 
 
-def run_step(student, teacher, processor, insts, replies, *, plan: bool, loss: str):
+def run_step(student, teacher, processor, insts, replies, *, plan: bool, loss: str, **options):
     examples, gens = step_inputs(processor, insts, replies)
     argv = ["--method", "m", "--init", "i", "--teacher", "t", "--train", "a", "--val", "b",
             "--config", "{}", "--out", "o", "--metrics", "m", "--log", "l", "--work", "w",
             "--loss", loss] + (["--teacher-sees-plan"] if plan else [])  # fmt: skip
     args = distill.parse_args(argv)  # the CLI's flags, as `main` reads them
-    cfg = DistillConfig(steps=1, batch_size=len(insts), max_new_tokens=8, lr=1e-3)
+    cfg = DistillConfig(steps=1, batch_size=len(insts), max_new_tokens=8, lr=1e-3, **options)
     acc = common.setup(0)
-    return distill.distill_step(student, teacher, processor, insts, examples, gens, args, cfg, acc)
+    return distill.distill_step(
+        student, teacher, processor, insts, examples, gens, args, cfg, acc,
+        allowed(student, processor),
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("loss", distill.LOSSES)
@@ -239,13 +273,45 @@ def test_distill_step_stats_equal_the_plain_forward_reference(tiny, teacher, ins
             (t_LV, tp), (s_LV, sp) = (
                 plain_forward(m, processor, e, r) for m, e in ((teacher[0], ts), (student, ss))
             )
-            logq_RV = torch.log_softmax(t_LV[tp - 1 : tp - 1 + len(r)], -1)
-            logp_RV = torch.log_softmax(s_LV[sp - 1 : sp - 1 + len(r)], -1)
-            kls.append((logp_RV.exp() * (logp_RV - logq_RV)).sum(-1))
+            logq_RV = torch.log_softmax(on_support(processor, t_LV[tp - 1 : tp - 1 + len(r)]), -1)
+            logp_RV = torch.log_softmax(on_support(processor, s_LV[sp - 1 : sp - 1 + len(r)]), -1)
+            live_RV = torch.isfinite(logp_RV)
+            kls.append(torch.where(live_RV, logp_RV.exp() * (logp_RV - logq_RV), 0).sum(-1))
         expected_kl = torch.cat(kls).mean().item()
         assert loss_value.item() == pytest.approx(expected_kl, abs=LOGPROB_TOL)
     assert st["reverse_kl"] == pytest.approx(expected_kl, abs=LOGPROB_TOL)
     assert abs(expected_kl) > 100 * LOGPROB_TOL  # not a vacuous comparison
+
+
+def test_stabilisers_change_the_step_as_their_maths_says(tiny, teacher, insts):
+    """Each option through the loop's step: the per-token baseline adds the exact KL to every
+    advantage (at ratio 1 the loss moves by exactly its mean, the gradient's expectation
+    stays), the forward-KL term adds its weighted cross-entropy, the clips leave ratio 1 alone."""
+    student, processor = tiny
+    picked = insts[:5]
+    replies = replies_of(processor, picked)
+    step = functools.partial(
+        run_step, student, teacher[0], processor, picked, replies, plan=True,
+        loss="sampled_reverse_kl",
+    )  # fmt: skip
+    plain, st = step()
+    based, st_b = step(kl_baseline=True)
+    s_ex = [make_example("student", x, "compact", with_reply=False) for x in picked]
+    t_ex = [make_example("teacher", x, "compact", with_reply=False) for x in picked]
+    with torch.no_grad():
+        s = distill.score(student, processor, s_ex, replies, allowed(student, processor))
+        t = distill.score(teacher[0], processor, t_ex, replies, allowed(student, processor))
+    kl_BT = losses.token_reverse_kl(s.logits, t.logits, s.valid)
+    assert losses.masked_mean(kl_BT, s.valid).item() > 0.01  # the baseline is not vacuous
+    # loss = -mean(A); with the baseline, A + KL_t: the loss falls by the mean exact KL
+    assert based.item() == pytest.approx(plain.item() - losses.masked_mean(kl_BT, s.valid).item())
+    assert st_b["reverse_kl"] == pytest.approx(st["reverse_kl"])  # the logged KL is the same
+    fkl, st_f = step(forward_kl_weight=0.5, forward_kl_top_k=4)
+    expected, _ = losses.forward_kl_topk_loss(s.logits, t.logits, s.valid, 4)
+    assert fkl.item() == pytest.approx(plain.item() + 0.5 * expected.item(), rel=1e-5)
+    assert st_f["forward_ce"] == pytest.approx(expected.item(), rel=1e-5) and "forward_ce" not in st
+    clipped, st_c = step(clip_low=0.2, clip_high=0.3, dual_clip=3.0)
+    assert clipped.item() == pytest.approx(plain.item()) and st_c["clip_frac"] == 0
 
 
 def test_teacher_sees_the_plan_only_with_the_option(tiny, insts):
@@ -298,7 +364,7 @@ def reply_logprob(model_dir: Path, insts, reply: str) -> float:
     examples = [make_example("student", x, "compact", with_reply=False) for x in insts]
     batch = collate_score(processor, examples, [text_ids(processor, reply)] * len(examples))
     with torch.no_grad():
-        logprobs_BR, _ = score_replies(model, batch)
+        logprobs_BR, _ = score_replies(model, batch, allowed(model, processor))
     return logprobs_BR.sum(1).mean().item()
 
 
@@ -410,9 +476,9 @@ def test_sampling_skips_ids_past_the_tokenizer(tiny_model_dir, insts):
     cfg = DistillConfig(steps=1, batch_size=4, max_new_tokens=12, lr=1e-3, temperature=1.0)
     flat, examples, gens = distill.sample(model, processor, insts[:4], cfg, "compact", 0, "cpu")
     with torch.no_grad():
-        logits_BTV, _ = distill.reply_logits(model, processor, examples, [[1]] * 4, "cpu")
+        scored = distill.score(model, processor, examples, [[1]] * 4, allowed(model, processor))
     # most of the mass is past the tokenizer, so an unrestricted sampler would pick those ids
-    assert torch.softmax(logits_BTV[:, 0], -1)[:, n:].sum(-1).min() > 0.5
+    assert scored.dead_mass[:, 0].min() > 0.5
     assert all(g.token_ids and all(0 <= t < n for t in g.token_ids) for g in gens)
 
 
@@ -426,12 +492,92 @@ def test_sampler_log_probs_are_the_trainers(tiny, teacher, insts):
     argv = ["--method", "m", "--init", "i", "--teacher", "t", "--train", "a", "--val", "b",
             "--config", "{}", "--out", "o", "--metrics", "m", "--log", "l", "--work", "w"]  # fmt: skip
     args, acc = distill.parse_args(argv), common.setup(0)
+    ids = allowed(student, processor)
     _, st = distill.distill_step(
-        student, teacher[0], processor, flat, examples, gens, args, cfg, acc
+        student, teacher[0], processor, flat, examples, gens, args, cfg, acc, ids
     )
     assert st["sampler_gap"] < 1e-4
     off = [Generation(g.token_ids, g.text, [x - 0.5 for x in g.logprobs], g.finished) for g in gens]
     _, st = distill.distill_step(
-        student, teacher[0], processor, flat, examples, off, args, cfg, acc
+        student, teacher[0], processor, flat, examples, off, args, cfg, acc, ids
     )
     assert st["sampler_gap"] == pytest.approx(0.5, abs=1e-3)
+
+
+# ---------------------------------------------------------------- one support for sampling and training
+
+PADDING_ROWS = 512  # embedding rows past the tokenizer (Qwen3-VL has 267 of them)
+DRIFT = {
+    "steps": 30, "batch_size": 8, "max_new_tokens": 32, "temperature": 1.0, "lr": 3e-3,
+    "weight_decay": 0.0, "checkpoint_every": 0, "val_instances": 2,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def padded_teacher_dir(tiny_scratch_config, tiny_image_size, insts, tmp_path_factory) -> Path:
+    """A tiny backbone with padding rows, confidently wrong on pictures (one fixed reply) and
+    peaked on the teacher's prompts (each instance's own true reply, which the student cannot
+    read off its picture): the reverse KL stays high, so the advantages stay negative on average.
+    """
+    from mgsd.model.scratch import build_scratch
+
+    cfg = dataclasses.replace(tiny_scratch_config, embedding_rows=0)
+    probe = build_scratch(cfg, tiny_image_size, tmp_path_factory.mktemp("probe") / "model")
+    _, processor = load_model(probe, device="cpu", trainable=False)
+    cfg = dataclasses.replace(cfg, embedding_rows=len(processor.tokenizer) + PADDING_ROWS)
+    model_dir = build_scratch(cfg, tiny_image_size, tmp_path_factory.mktemp("padded") / "model")
+    model, processor = load_model(model_dir, device="cpu")
+    examples = []
+    for x in insts:
+        truth = make_example("student", x, "compact").reply
+        examples += [with_reply(t, x, truth) for t in ("teacher", "symbolic")]
+        examples.append(with_reply("student", x, STUDENT_REPLY))
+    g = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=SFT_LR)
+    for _ in range(150):
+        pick = torch.randperm(len(examples), generator=g)[:SFT_BATCH].tolist()
+        model(**collate_train(processor, [examples[i] for i in pick])).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return save_model(model, processor, tmp_path_factory.mktemp("padded_teacher") / "model", {})
+
+
+def _identity_support(monkeypatch):
+    """The trainer without its support (the sampler keeps it): the mutation the test guards."""
+    import types
+
+    from mgsd.model import batching
+
+    unmasked = types.SimpleNamespace(
+        restrict=lambda logits, allowed: logits, dead_mass=support.dead_mass
+    )
+    monkeypatch.setattr(batching, "support", unmasked)
+
+
+@pytest.mark.slow
+def test_training_on_the_samplers_support_stops_the_drift_to_unsampled_ids(
+    padded_teacher_dir, data, tmp_path, monkeypatch
+):
+    """Reproduces the collapse of the first one-GPU runs and shows the support stops it.
+
+    With the trainer's softmax over all rows, every negative advantage raises the logits of the
+    ids the sampler can never draw, and nothing lowers them: within 30 steps most of the raw
+    student's mass sits there and the log-prob of its own samples falls below -log(tokens),
+    which a distribution over the drawable ids alone cannot do. On the support, the same run
+    keeps that mass near its initial value and the samples' log-probs high.
+    """
+    _, processor = load_model(padded_teacher_dir, device="cpu", trainable=False)
+    floor = -math.log(len(processor.tokenizer))
+    runs = {}
+    for arm in ("masked", "unmasked"):
+        if arm == "unmasked":
+            _identity_support(monkeypatch)
+        root = tmp_path / arm
+        argv = distill_argv(root, padded_teacher_dir, padded_teacher_dir, data, DRIFT)
+        assert distill.main([*argv, "--teacher-sees-plan"]) == 0
+        runs[arm] = read_log(root)
+    dead = {arm: [r["distill/dead_mass"] for r in rows] for arm, rows in runs.items()}
+    own = {arm: [r["distill/student_logprob"] for r in rows] for arm, rows in runs.items()}
+    assert max(dead["unmasked"]) > 0.5 and min(own["unmasked"]) < floor, (dead, own)
+    assert max(dead["masked"]) < 0.05 and min(own["masked"]) > floor, (dead, own)
+    assert sum(r["distill/reverse_kl"] for r in runs["masked"][:5]) / 5 > 0.5  # a real gap

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mgsd import puzzles
-from mgsd.model import prompts
+from mgsd.model import prompts, support
 from mgsd.model.batching import (
     IGNORE,
     Example,
@@ -117,8 +117,9 @@ def test_collate_score_logprobs_match_plain_forwards(tiny, examples):
     replies.append(replies[0] + replies[1])
     batch = collate_score(processor, examples, replies)
     assert batch["reply_mask"].sum(1).tolist() == [len(r) for r in replies]
-    logprobs_BR, valid_BR = score_replies(model, batch)
-    full_BR, full_valid_BR = reply_logprobs(_logits(model, batch), batch)
+    allowed_V = support.support_mask(processor.tokenizer, support.output_rows(model))
+    logprobs_BR, valid_BR = score_replies(model, batch, allowed_V)
+    full_BR, full_valid_BR = reply_logprobs(_logits(model, batch), batch, allowed_V)
     assert torch.equal(valid_BR, full_valid_BR)
     torch.testing.assert_close(logprobs_BR.detach(), full_BR, atol=1e-5, rtol=0)
     for b, (ex, reply) in enumerate(zip(examples, replies, strict=True)):
@@ -131,7 +132,14 @@ def test_collate_score_logprobs_match_plain_forwards(tiny, examples):
             single["mm_token_type_ids"] = torch.cat(
                 [one["mm_token_type_ids"], torch.zeros(1, len(reply), dtype=torch.long)], 1
             )
-        logp_TV = torch.log_softmax(_logits(model, single)[0], -1)
+        logits_TV = _logits(model, single)[0].clone()
+        # the sampler's support, written out apart from mgsd.model.support
+        tok = processor.tokenizer
+        logits_TV[:, len(tok) :] = float("-inf")
+        for name in ("<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"):
+            logits_TV[:, tok.convert_tokens_to_ids(name)] = float("-inf")
+        logits_TV[:, tok.convert_tokens_to_ids("<|video_pad|>")] = float("-inf")
+        logp_TV = torch.log_softmax(logits_TV, -1)
         expected = [logp_TV[len(prompt) + t - 1, tok].item() for t, tok in enumerate(reply)]
         got = logprobs_BR[b, : len(reply)].tolist()
         assert got == pytest.approx(expected, abs=1e-5)

@@ -7,7 +7,7 @@ import torch
 from transformers import GenerationConfig
 
 from mgsd import puzzles
-from mgsd.model import prompts
+from mgsd.model import prompts, support
 from mgsd.model.batching import (
     Example,
     collate_score,
@@ -18,6 +18,7 @@ from mgsd.model.batching import (
 )
 from mgsd.model.generate import _Stops, generate
 from mgsd.model.load import load_model
+from mgsd.model.support import banned_ids
 
 LOGPROB_TOL = 1e-4  # fp32 on CPU: KV-cached decoding vs one full forward
 
@@ -41,6 +42,10 @@ def examples(tiny_image_size):
     ]
 
 
+def allowed(model, processor) -> torch.Tensor:
+    return support.support_mask(processor.tokenizer, support.output_rows(model))
+
+
 def test_greedy_is_deterministic_and_batch_equals_one_by_one(tiny, examples):
     model, processor = tiny
     batched = generate(model, processor, examples, max_new_tokens=12)
@@ -57,7 +62,7 @@ def test_logprobs_equal_a_separate_forward(tiny, examples):
         gens = generate(model, processor, examples, 10, temperature=temperature, seed=5)
         batch = collate_score(processor, examples, [g.token_ids for g in gens])
         with torch.no_grad():
-            logprobs_BR, valid_BR = score_replies(model, batch)
+            logprobs_BR, valid_BR = score_replies(model, batch, allowed(model, processor))
         for b, gen in enumerate(gens):
             assert len(gen.logprobs) == len(gen.token_ids) == int(valid_BR[b].sum())
             assert gen.logprobs == pytest.approx(
@@ -163,8 +168,6 @@ def test_tiny_model_learns_eight_replies(tiny_model_dir, tiny_image_size):
 
 def test_sampled_replies_never_contain_structural_tokens(tiny, examples):
     """A reply with an image placeholder would break scoring it under another prompt."""
-    from mgsd.model.generate import banned_ids
-
     model, processor = tiny
     banned = set(banned_ids(processor.tokenizer))
     assert len(banned) == 5
@@ -179,7 +182,7 @@ def test_sampled_replies_never_contain_structural_tokens(tiny, examples):
             assert not banned & {t for g in gens for t in g.token_ids}
             batch = collate_score(processor, examples * 4, [g.token_ids for g in gens])
             with torch.no_grad():
-                score_replies(model, batch)  # image tokens still match image features
+                score_replies(model, batch, allowed(model, processor))  # image tokens still match
     finally:
         with torch.no_grad():
             head.weight.copy_(saved)

@@ -195,3 +195,17 @@ def test_missing_and_corrupt_folders_name_the_path(tiny_model_dir, tmp_path):
     (broken / "config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match=str(broken)):
         load_model(broken)
+
+
+def test_embedding_rows_follow_the_tokenizer(tiny_model_dir, tiny_scratch_config, tmp_path):
+    """The embedding has the tokenizer's size rounded up to 64 (few rows the sampler never
+    draws), unless `embedding_rows` asks for more; fewer rows than tokens is an error."""
+    model, processor = load_model(tiny_model_dir, device="cpu", trainable=False)
+    n = len(processor.tokenizer)
+    rows = model.get_output_embeddings().weight.shape[0]
+    assert rows % 64 == 0 and n <= rows < n + 64
+    assert model.config.text_config.vocab_size == rows
+    wide = dataclasses.replace(tiny_scratch_config, embedding_rows=n + 100)
+    assert scratch.hf_config(wide, processor.tokenizer).text_config.vocab_size == n + 100
+    with pytest.raises(ConfigError, match="embedding_rows: .* smaller than the tokenizer"):
+        scratch.hf_config(dataclasses.replace(wide, embedding_rows=n - 1), processor.tokenizer)

@@ -30,7 +30,7 @@ def test_reply_logprobs_is_the_shifted_log_softmax():
     input_ids_BT = torch.randint(0, V, (B, T))
     rows = [(3, 4), (5, 2), (1, 8)]
     batch = {"input_ids": input_ids_BT, "reply_mask": _mask(rows, T)}
-    logprobs_BR, valid_BR = reply_logprobs(logits_BTV, batch)
+    logprobs_BR, valid_BR = reply_logprobs(logits_BTV, batch, torch.ones(V, dtype=torch.bool))
     assert logprobs_BR.shape == (B, 8) and valid_BR.sum(1).tolist() == [4, 2, 8]
     logp_BTV = torch.log_softmax(logits_BTV, -1)
     for b, (start, length) in enumerate(rows):
@@ -44,7 +44,7 @@ def test_reply_logprobs_is_the_shifted_log_softmax():
 def test_reply_logprobs_carry_gradients():
     logits_BTV = torch.randn(1, 4, 5, requires_grad=True)
     batch = {"input_ids": torch.tensor([[0, 1, 2, 3]]), "reply_mask": _mask([(2, 2)], 4)}
-    logprobs_BR, _ = reply_logprobs(logits_BTV, batch)
+    logprobs_BR, _ = reply_logprobs(logits_BTV, batch, torch.ones(5, dtype=torch.bool))
     logprobs_BR.sum().backward()
     assert logits_BTV.grad[0, 1:3].abs().sum() > 0 and logits_BTV.grad[0, [0, 3]].abs().sum() == 0
 

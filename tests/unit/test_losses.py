@@ -9,10 +9,12 @@ import torch
 
 from mgsd.train.losses import (
     advantages,
+    forward_kl_topk_loss,
     full_reverse_kl_loss,
     sampled_reverse_kl_loss,
     sft_loss,
     token_logprobs,
+    token_reverse_kl,
 )
 
 D = torch.float64
@@ -203,7 +205,7 @@ def test_clipping_cuts_gradient_only_outside_the_trust_region(log_ratio, adv, cu
     old = torch.full((1, 4), -2.0, dtype=D)
     logp = (old + log_ratio).requires_grad_()
     a = torch.full((1, 4), adv, dtype=D)
-    loss, stats = sampled_reverse_kl_loss(logp, old, a, torch.ones(1, 4), clip_eps=0.2)
+    loss, stats = sampled_reverse_kl_loss(logp, old, a, torch.ones(1, 4), clip_low=0.2)
     (grad,) = torch.autograd.grad(loss, logp)
     assert torch.all(grad == 0) == cut
     assert stats["clip_frac"] == float(cut)
@@ -248,3 +250,136 @@ def test_sft_loss_is_shifted_cross_entropy_ignoring_minus_100():
     assert stats["token_accuracy"] == pytest.approx(greedy.sum().item() / 7)
     (grad,) = torch.autograd.grad(loss, logits)
     assert torch.all(grad[:, -1] == 0) and torch.all(grad[:, 0] == 0)  # no label to predict
+
+
+# ---------------------------------------------------------------- the support and the stabilisers
+
+
+def _restricted(logits_BTV: torch.Tensor, dead: list[int]) -> torch.Tensor:
+    out = logits_BTV.clone()
+    out[..., dead] = float("-inf")
+    return out
+
+
+def test_full_reverse_kl_over_a_support_is_the_kl_of_the_restricted_softmaxes():
+    """-inf on ids outside the support (what `support.restrict` writes): the value is the KL of
+    the softmaxes over the other ids, and neither it nor the gradient holds a NaN."""
+    dead = [0, 5, 6]
+    s = _restricted(_logits(2, 5, 7, seed=30), dead).requires_grad_()
+    t = _restricted(_logits(2, 5, 7, seed=31), dead)
+    m = _mask(2, 5)
+    live = [v for v in range(7) if v not in dead]
+    want = _brute_reverse_kl(s.detach()[..., live], t[..., live], m)
+    loss, _ = full_reverse_kl_loss(s, t, m, chunk_tokens=2)
+    assert loss.item() == pytest.approx(want, abs=1e-12)
+    (grad,) = torch.autograd.grad(loss, s)
+    assert torch.isfinite(grad).all() and torch.all(grad[..., dead] == 0)
+    assert grad[..., live].abs().sum() > 0
+    kl_BT = token_reverse_kl(s, t, m)
+    assert torch.isfinite(kl_BT).all() and kl_BT.sum().item() / m.sum() == pytest.approx(want)
+
+
+def test_token_reverse_kl_is_the_exact_kl_at_each_position():
+    s, t, m = _logits(2, 5, 7, seed=32), _logits(2, 5, 7, seed=33), _mask(2, 5)
+    kl_BT = token_reverse_kl(s, t, m, chunk_tokens=3)
+    for b in range(2):
+        for pos in range(5):
+            one = torch.ones(1, 1)
+            want = _brute_reverse_kl(s[b : b + 1, pos : pos + 1], t[b : b + 1, pos : pos + 1], one)
+            assert kl_BT[b, pos].item() == pytest.approx(want if m[b, pos] else 0.0, abs=1e-12)
+
+
+def test_kl_baseline_keeps_the_expected_gradient_and_lowers_its_variance():
+    """A - (-KL_t): the baseline is the advantage's expectation under the student, so the mean
+    gradient is the exact KL's; its spread across batches is smaller."""
+    s, t = _logits(3, 5, seed=34).requires_grad_(), _logits(3, 5, seed=35)
+    (exact,) = torch.autograd.grad(full_reverse_kl_loss(s[None], t[None], torch.ones(1, 3))[0], s)
+    kl_T = token_reverse_kl(s[None], t[None], torch.ones(1, 3))[0]
+
+    def grads(baseline: bool) -> torch.Tensor:
+        out = []
+        for g in range(40):
+            tokens = _sample(s, 2000, seed=300 + g)
+            n = len(tokens)
+            logp = token_logprobs(s.expand(n, -1, -1), tokens)
+            teacher = token_logprobs(t.expand(n, -1, -1), tokens)
+            mask = torch.ones(n, 3)
+            base = -kl_T.expand(n, -1) if baseline else None
+            a = advantages(teacher, logp.detach(), mask, baseline_BT=base)
+            loss, _ = sampled_reverse_kl_loss(logp, logp.detach(), a, mask)
+            out.append(torch.autograd.grad(loss, s)[0])
+        return torch.stack(out)
+
+    plain, based = grads(False), grads(True)
+    mean, se = based.mean(0), based.std(0) / math.sqrt(len(based))
+    assert torch.all((mean - exact).abs() < 5 * se), (mean, exact, se)
+    ratio = (based.var(0).sum() / plain.var(0).sum()).item()
+    assert ratio < 0.7, ratio  # 0.53 with these seeds
+
+
+def test_asymmetric_clip_cuts_above_at_its_own_bound():
+    old = torch.full((1, 2), -2.0, dtype=D)
+    a = torch.ones(1, 2, dtype=D)
+    for log_ratio, cut in ((math.log(1.25), False), (math.log(1.35), True)):
+        logp = (old + log_ratio).requires_grad_()
+        loss, stats = sampled_reverse_kl_loss(logp, old, a, torch.ones(1, 2), 0.2, 0.3)
+        (grad,) = torch.autograd.grad(loss, logp)
+        assert torch.all(grad == 0) == cut and stats["clip_frac"] == float(cut)
+    logp = (old + math.log(0.75)).requires_grad_()  # below 1 - 0.2: a negative advantage is cut
+    loss, _ = sampled_reverse_kl_loss(logp, old, -a, torch.ones(1, 2), 0.2, 0.3)
+    assert torch.all(torch.autograd.grad(loss, logp)[0] == 0)
+
+
+def test_dual_clip_bounds_the_loss_of_negative_advantages():
+    old = torch.full((1, 3), -2.0, dtype=D)
+    logp = (old + torch.tensor([[0.0, math.log(2.0), math.log(5.0)]], dtype=D)).requires_grad_()
+    a = torch.full((1, 3), -1.0, dtype=D)
+    m = torch.ones(1, 3)
+    plain, _ = sampled_reverse_kl_loss(logp, old, a, m, 0.2, 0.3)
+    dual, stats = sampled_reverse_kl_loss(logp, old, a, m, 0.2, 0.3, dual_clip=3.0)
+    # per token: ratio 1 -> 1, ratio 2 -> 2, ratio 5 -> 5 without, min(5, 3) = 3 with
+    assert plain.item() == pytest.approx((1 + 2 + 5) / 3) and dual.item() == pytest.approx(2)
+    (grad,) = torch.autograd.grad(dual, logp)
+    assert grad[0, 2] == 0 and grad[0, 1] != 0 and stats["clip_frac"] == pytest.approx(1 / 3)
+    pos, _ = sampled_reverse_kl_loss(logp, old, -a, m, 0.2, 0.3, dual_clip=3.0)
+    assert pos.item() == pytest.approx(-(1 + 1.3 + 1.3) / 3)  # positive advantages: not touched
+    with pytest.raises(ValueError, match="dual_clip"):
+        sampled_reverse_kl_loss(logp, old, a, m, 0.2, 0.3, dual_clip=0.5)
+
+
+def test_forward_kl_topk_is_the_cross_entropy_to_the_renormalised_top_k():
+    s = _restricted(_logits(2, 4, 9, seed=36), [8]).requires_grad_()
+    t = _restricted(_logits(2, 4, 9, seed=37), [8])
+    m = _mask(2, 4)
+    loss, stats = forward_kl_topk_loss(s, t, m, k=3)
+    terms, masses = [], []
+    for b in range(2):
+        for pos in range(4):
+            if not m[b, pos]:
+                continue
+            top = t[b, pos].topk(3)
+            q = torch.softmax(top.values, -1)
+            logp = torch.log_softmax(s[b, pos].detach(), -1)[top.indices]
+            terms.append(-(q * logp).sum().item())
+            masses.append(torch.softmax(t[b, pos], -1)[top.indices].sum().item())
+    assert loss.item() == pytest.approx(sum(terms) / len(terms), abs=1e-12)
+    assert stats["teacher_topk_mass"] == pytest.approx(sum(masses) / len(masses))
+    (grad,) = torch.autograd.grad(loss, s)
+    assert torch.isfinite(grad).all() and torch.all(grad[..., 8] == 0)
+    # the whole support as top k: the loss is the full cross-entropy, at the student = teacher
+    # minimum only when the two agree
+    same, _ = forward_kl_topk_loss(t.clone(), t, m, k=8)
+    worse, _ = forward_kl_topk_loss(s.detach(), t, m, k=8)
+    assert same.item() < worse.item()
+
+
+def test_dead_mass_and_restrict():
+    from mgsd.model import support
+
+    logits_BV = torch.log(torch.tensor([[0.5, 0.2, 0.3], [0.1, 0.1, 0.8]], dtype=D))
+    allowed_V = torch.tensor([True, True, False])
+    assert support.dead_mass(logits_BV, allowed_V).tolist() == pytest.approx([0.3, 0.8])
+    restricted = support.restrict(logits_BV, allowed_V)
+    assert torch.softmax(restricted, -1)[:, 2].tolist() == [0.0, 0.0]
+    assert torch.softmax(restricted, -1)[0, 0].item() == pytest.approx(0.5 / 0.7)
+    assert support.dead_mass(logits_BV, torch.ones(3, dtype=torch.bool)).tolist() == [0.0, 0.0]

@@ -13,8 +13,10 @@ exactly the token ids the model produces after the prefix.
   -100 everywhere else (prompt, image, prefix and pad tokens); the model shifts them itself.
 - `collate_generate`: left padding, ending with the generation header (+ forced prefix).
 - `collate_score`: right padding, [prompt + prefix + given reply token ids] and ``reply_mask``
-  marking exactly the reply positions; `reply_logprobs` / `score_replies` turn logits into
-  ``log p(reply_t | prompt, reply_<t)`` packed as (B, R), aligned with the given ids.
+  marking exactly the reply positions; `reply_logits` forwards such a batch and packs the
+  logits of every reply token as (B, R, V), restricted to the sampler's support
+  (`mgsd.model.support`); `score_replies` gives ``log p(reply_t | prompt, reply_<t)`` (B, R),
+  aligned with the given ids. Training and tests score replies through these alone.
 
 Batches may mix text-only and image examples: only the examples with a picture contribute
 ``pixel_values`` / ``image_grid_thw`` (in batch order). Tensors stay on the CPU; use
@@ -30,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+from mgsd.model import support
 
 IGNORE = -100
 END_TOKEN = "<|im_end|>"
@@ -261,13 +265,14 @@ def _gathered_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     logprobs_BRV = torch.log_softmax(logits_BRV.float(), dim=-1)
     logprobs_BR = logprobs_BRV.gather(-1, tokens_BR[..., None]).squeeze(-1)
-    return logprobs_BR * valid_BR, valid_BR
+    return torch.where(valid_BR, logprobs_BR, 0), valid_BR
 
 
 def reply_logprobs(
-    logits_BTV: torch.Tensor, batch: dict[str, torch.Tensor]
+    logits_BTV: torch.Tensor, batch: dict[str, torch.Tensor], allowed_V: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(reply_t | prompt, reply_<t) as (B, R) float32, and its mask (B, R).
+    """log p(reply_t | prompt, reply_<t) over the support `allowed_V`, (B, R) float32, and its
+    mask (B, R).
 
     `logits_BTV` are the full logits of a `collate_score` batch. Row b holds its reply's
     log-probs in order at [:len_b] (zeros after). The logit at position p - 1 predicts the
@@ -278,25 +283,60 @@ def reply_logprobs(
     tokens_BR = batch["input_ids"].to(device).gather(1, pos_BR)
     src_BR = (pos_BR - 1).clamp(min=0)
     logits_BRV = logits_BTV.gather(1, src_BR[..., None].expand(-1, -1, logits_BTV.shape[-1]))
-    return _gathered_logprobs(logits_BRV, tokens_BR, valid_BR)
+    return _gathered_logprobs(support.restrict(logits_BRV, allowed_V), tokens_BR, valid_BR)
 
 
-def score_replies(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward a `collate_score` batch; `reply_logprobs` (gradients flow when enabled).
+@dataclass
+class ReplyLogits:
+    """What scores a `collate_score` batch, packed per reply token: shapes (B, R[, V]).
+
+    `logits` predict reply token t at [:, t] and are restricted to the support (-inf outside
+    it); `tokens` are the reply ids (0 off `valid`); `dead_mass` is the probability the raw
+    logits put outside the support (`mgsd.model.support.dead_mass`).
+    """
+
+    logits: torch.Tensor  # (B, R, V)
+    tokens: torch.Tensor  # (B, R)
+    valid: torch.Tensor  # (B, R) bool
+    dead_mass: torch.Tensor  # (B, R), no gradient
+
+    def logprobs(self) -> torch.Tensor:
+        """log p(token_t), (B, R) float32, 0 off `valid`; gradients flow."""
+        return _gathered_logprobs(self.logits, self.tokens, self.valid)[0]
+
+
+def reply_logits(
+    model: Any, batch: dict[str, torch.Tensor], allowed_V: torch.Tensor
+) -> ReplyLogits:
+    """Forward a `collate_score` batch: the logits of every reply token over the support.
 
     Only the logits of the window of positions that predict some reply token are computed
     (``logits_to_keep`` as a 1-D index, which transformers >= 5.17 accepts), which matters for
-    big vocabularies and long prompts.
+    big vocabularies and long prompts. Gradients flow when enabled.
     """
     batch = to_device(batch, next(model.parameters()).device)
     pos_BR, valid_BR = reply_positions(batch["reply_mask"])
-    tokens_BR = batch["input_ids"].gather(1, pos_BR)
+    tokens_BR = torch.where(valid_BR, batch["input_ids"].gather(1, pos_BR), 0)
+    V = allowed_V.shape[0]
     if pos_BR.shape[1] == 0:
-        return torch.zeros(pos_BR.shape, device=pos_BR.device), valid_BR
+        empty = torch.zeros(pos_BR.shape, device=pos_BR.device)
+        return ReplyLogits(empty[..., None].expand(-1, -1, V), tokens_BR, valid_BR, empty)
     lo = int(pos_BR[valid_BR].min()) - 1
     hi = int(pos_BR[valid_BR].max())
     window_K = torch.arange(lo, hi, device=pos_BR.device)
     logits_BKV = model(**model_inputs(batch), logits_to_keep=window_K, use_cache=False).logits
+    if logits_BKV.shape[-1] != V:
+        raise ValueError(f"the support has {V} ids but the model returns {logits_BKV.shape[-1]}")
     src_BR = (pos_BR - 1 - lo).clamp(0, hi - lo - 1)
-    logits_BRV = logits_BKV.gather(1, src_BR[..., None].expand(-1, -1, logits_BKV.shape[-1]))
-    return _gathered_logprobs(logits_BRV, tokens_BR, valid_BR)
+    raw_BRV = logits_BKV.gather(1, src_BR[..., None].expand(-1, -1, V))
+    with torch.no_grad():
+        dead_BR = torch.where(valid_BR, support.dead_mass(raw_BRV, allowed_V), 0)
+    return ReplyLogits(support.restrict(raw_BRV, allowed_V), tokens_BR, valid_BR, dead_BR)
+
+
+def score_replies(
+    model: Any, batch: dict[str, torch.Tensor], allowed_V: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(reply_t | prompt, reply_<t) over the support, (B, R), and the mask (B, R)."""
+    scored = reply_logits(model, batch, allowed_V)
+    return scored.logprobs(), scored.valid

@@ -5,9 +5,11 @@
 step and picks the next token itself (argmax when ``temperature == 0``, else a sample from
 softmax(logits / temperature) restricted to the `top_p` nucleus, drawn from a private generator
 seeded by `seed`), recording the log-prob of the chosen token under the model's temperature-1
-distribution (``log_softmax`` of the raw logits, the quantity distillation compares with the
-teacher). Structural special tokens (`BANNED_IN_REPLY`: chat and vision markers) and ids past
-the tokenizer (padding rows of the embedding) are never chosen.
+distribution (``log_softmax`` of the logits over the support, the quantity distillation
+compares with the teacher). Both the draw and the recorded log-prob are over the sampler's
+support (`mgsd.model.support`): structural special tokens (chat and vision markers) and ids
+past the tokenizer (padding rows of the embedding) are never chosen and get no probability,
+exactly as in every log-prob of training.
 
 Two engines run this same recipe: "static" (`mgsd.model.decode`: static KV cache, the decode
 step captured as a CUDA graph on a GPU; the default for Qwen3-VL) and "hf" (the library's
@@ -37,7 +39,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from mgsd.model import decode
+from mgsd.model import decode, support
 from mgsd.model.batching import Example, collate_generate, end_id, pad_id, to_device
 from mgsd.model.lora import unwrap
 
@@ -55,32 +57,14 @@ class Generation:
     finished: bool  # the reply closed an answer block
 
 
-# Structural tokens a reply must never contain: an image placeholder in a sampled reply would
-# break every later forward pass over [prompt + reply] (image tokens != image features).
-BANNED_IN_REPLY = (
-    "<|im_start|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
-
-
-def banned_ids(tokenizer: Any) -> list[int]:
-    vocab = tokenizer.get_vocab()
-    return sorted(vocab[t] for t in BANNED_IN_REPLY if t in vocab)
-
-
 class _Chooser(LogitsProcessor):
-    """Picks each next token and records its log-prob under the raw logits."""
+    """Picks each next token and records its log-prob, both over the sampler's support."""
 
-    def __init__(
-        self, temperature: float, top_p: float, seed: int | None, banned: list[int], n_tokens: int
-    ):
+    def __init__(self, temperature: float, top_p: float, seed: int | None, tokenizer: Any):
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
-        self.banned, self.n_tokens = banned, n_tokens
+        self.tokenizer = tokenizer
         self.generator: torch.Generator | None = None
-        self.bias_V: torch.Tensor | None = None  # -inf on ids never chosen, else 0
+        self.allowed_V: torch.Tensor | None = None  # the support (mgsd.model.support)
         self.logprobs: list[torch.Tensor] = []  # one (B,) per step (plain engine)
 
     def _sample(self, logits_BV: torch.Tensor) -> torch.Tensor:
@@ -98,17 +82,12 @@ class _Chooser(LogitsProcessor):
         return torch.multinomial(probs_BV, 1, generator=self.generator).squeeze(1)
 
     def choose(self, scores_BV: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next token of each row and its log-prob (temperature 1), from raw logits."""
-        logits_BV = scores_BV.float()
-        if self.bias_V is None or self.bias_V.shape[0] != logits_BV.shape[1]:
-            bias_V = torch.zeros(logits_BV.shape[1])
-            bias_V[self.banned] = float("-inf")
-            # rows past the tokenizer (Qwen3-VL pads 151669 tokens to 151936 rows) decode to
-            # nothing
-            bias_V[self.n_tokens :] = float("-inf")
-            self.bias_V = bias_V.to(logits_BV.device)
-        allowed_BV = logits_BV + self.bias_V
-        chosen_B = allowed_BV.argmax(-1) if self.temperature == 0 else self._sample(allowed_BV)
+        """The next token of each row and its log-prob (temperature 1, over the support)."""
+        rows = scores_BV.shape[1]
+        if self.allowed_V is None or self.allowed_V.shape[0] != rows:
+            self.allowed_V = support.support_mask(self.tokenizer, rows, scores_BV.device)
+        logits_BV = support.restrict(scores_BV.float(), self.allowed_V)
+        chosen_B = logits_BV.argmax(-1) if self.temperature == 0 else self._sample(logits_BV)
         logprobs_BV = torch.log_softmax(logits_BV, dim=-1)
         return chosen_B, logprobs_BV.gather(1, chosen_B[:, None]).squeeze(1)
 
@@ -215,7 +194,7 @@ def generate(
     start = decode.lap(timings, "collate", start, device)
     config = _generation_config(processor, max_new_tokens)
     tok = processor.tokenizer
-    chooser = _Chooser(temperature, top_p, seed, banned_ids(tok), n_tokens=len(tok))
+    chooser = _Chooser(temperature, top_p, seed, tok)
     stops = _Stops(tok, config.eos_token_id, stop_at_answer, len(examples))
     was_training = model.training
     model.eval()

@@ -5,7 +5,9 @@ processor, chat template, ``mgsd_stage.json``) that every later stage loads exac
 pretrained Qwen3-VL, with `mgsd.model.load.load_model`:
 
 - model: transformers' ``Qwen3VLForConditionalGeneration`` with the sizes of `ScratchConfig`,
-  weights drawn from ``ScratchConfig.seed``, tied input/output embeddings (as Qwen3-VL-4B);
+  weights drawn from ``ScratchConfig.seed``, tied input/output embeddings (as Qwen3-VL-4B),
+  as many embedding rows as the tokenizer has tokens rounded up to 64 (or
+  ``embedding_rows``: the rehearsal keeps Qwen3-VL's 151,936);
 - tokenizer: byte-level BPE trained with the `tokenizers` library on
   `mgsd.model.prompts.tokenizer_corpus` (deterministic, well under a second), with the chat
   and vision special tokens of Qwen (`SPECIAL_TOKENS`) and a Qwen-style chat template;
@@ -128,10 +130,26 @@ def build_processor(cfg: ScratchConfig, image_size: int) -> PaddleOCRVLProcessor
     )
 
 
+ROW_MULTIPLE = 64
+
+
+def embedding_rows(cfg: ScratchConfig, tokens: int) -> int:
+    """Rows of the embedding: `cfg.embedding_rows`, or `tokens` rounded up to a multiple of 64
+    (a few padding rows at most, which the sampler's support excludes)."""
+    if cfg.embedding_rows:
+        if cfg.embedding_rows < tokens:
+            raise ConfigError(
+                f"backbone.scratch.embedding_rows: {cfg.embedding_rows} is smaller than the "
+                f"tokenizer ({tokens} tokens)"
+            )
+        return cfg.embedding_rows
+    return -(-tokens // ROW_MULTIPLE) * ROW_MULTIPLE
+
+
 def hf_config(cfg: ScratchConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen3VLConfig:
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = {
-        "vocab_size": cfg.vocab_size,
+        "vocab_size": embedding_rows(cfg, len(tokenizer)),
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
         "num_hidden_layers": cfg.num_hidden_layers,

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 
+import numpy as np
 from PIL import Image
 
 from mgsd import puzzles
@@ -70,6 +71,12 @@ def load_instances(paths: list[str]) -> list[Instance]:
                 Instance(r["id"], r["puzzle"], r["level"], r["state"], r["image"], r["solution"])
             )
     return out
+
+
+def validation_set(insts: list[Instance], n: int, seed: int) -> list[Instance]:
+    """A fixed, seeded sample of `n` validation instances spread over puzzles and sides."""
+    order = np.random.default_rng(seed).permutation(len(insts))
+    return [insts[i] for i in order[: min(n, len(insts))]]
 
 
 def make_example(

@@ -15,6 +15,11 @@ Each step (the maths is in `mgsd.train.losses`):
    gradient on A (`sampled_reverse_kl`, the paper) or the exact reverse KL over the vocabulary
    (`full_reverse_kl`, ablation). There is one update per batch, so the "old" student is the
    current one and its log-probs come from the same forward pass (ratio = 1).
+Every log-prob is over the sampler's support (`mgsd.model.support`): ids the sampler never
+draws get -inf before the log-softmax, in the student, the teacher and the exact KL alike;
+`distill/dead_mass` logs what the raw student puts on them (the drift monitor). Options: a
+per-token baseline (`kl_baseline`), asymmetric and dual clipping, a forward-KL term to the
+teacher's top-k (`forward_kl_weight`).
 The task reward of the samples is logged, and enters the advantage only with `reward_weight`.
 Checkpoints, resume, signals and `accelerate launch` work as in `mgsd train-sft`.
 """
@@ -30,48 +35,22 @@ import torch
 
 from mgsd import puzzles
 from mgsd.config import ConfigError, DistillConfig, load_section, to_dict
-from mgsd.model.batching import collate_score
+from mgsd.model import support
+from mgsd.model.batching import ReplyLogits, collate_score, reply_logits
 from mgsd.model.generate import generate
 from mgsd.model.load import load_model, save_model
 from mgsd.model.lora import freeze_vision
-from mgsd.model.tasks import load_instances, make_example, task_success
+from mgsd.model.tasks import load_instances, make_example, task_success, validation_set
 from mgsd.train import common, losses
-from mgsd.train.sft import to_device, validation_set
 
 LOSSES = ("sampled_reverse_kl", "full_reverse_kl")
 
 
-def reply_logits(model, processor, examples, reply_ids: list[list[int]], device):
-    """Logits that score each reply token, `(B, T, V)`, and the reply mask `(B, T)`.
-
-    Row b, position t holds the distribution that predicted reply token t, whatever the length
-    of the prompt in front of it (prompts of the teacher and the student differ).
-    """
-    batch = to_device(collate_score(processor, examples, reply_ids), device)
-    reply_mask_BL = batch.pop("reply_mask")
-    logits_BLV = model(**batch, use_cache=False).logits
-    # the logits at position l predict the token at l + 1
-    pred_mask_BL = torch.zeros_like(reply_mask_BL)
-    pred_mask_BL[:, :-1] = reply_mask_BL[:, 1:]
-    T = max(1, max(len(r) for r in reply_ids))
-    B, _, V = logits_BLV.shape
-    rows_B, cols_B = pred_mask_BL.nonzero(as_tuple=True)
-    counts_B = pred_mask_BL.sum(1)
-    offsets = torch.cumsum(counts_B, 0) - counts_B
-    t_N = torch.arange(rows_B.numel(), device=device) - offsets[rows_B]
-    out_BTV = logits_BLV.new_zeros(B, T, V)
-    out_BTV[rows_B, t_N] = logits_BLV[rows_B, cols_B]
-    mask_BT = torch.zeros(B, T, dtype=torch.bool, device=device)
-    mask_BT[rows_B, t_N] = True
-    return out_BTV, mask_BT
-
-
-def pad_ids(reply_ids: list[list[int]], device) -> torch.Tensor:
-    T = max(1, max(len(r) for r in reply_ids))
-    out = torch.zeros(len(reply_ids), T, dtype=torch.long, device=device)
-    for b, r in enumerate(reply_ids):
-        out[b, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
+def score(model, processor, examples, reply_ids: list[list[int]], allowed_V) -> ReplyLogits:
+    """The logits of every reply token under `model` and the examples' prompts, over the
+    sampler's support: position t predicts reply token t whatever the prompt's length in front
+    (the teacher's and the student's prompts differ)."""
+    return reply_logits(model, collate_score(processor, examples, reply_ids), allowed_V)
 
 
 def sample(student, processor, insts, cfg: DistillConfig, style, seed, device, autocast=None):
@@ -96,22 +75,21 @@ def sample(student, processor, insts, cfg: DistillConfig, style, seed, device, a
     return flat, examples, gens
 
 
-def distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc):
+def distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc, allowed_V):
     """Teacher scoring and the student's loss for this process's samples (not yet scaled)."""
     replies = [list(g.token_ids) or [processor.tokenizer.eos_token_id] for g in gens]
     task = "teacher" if args.teacher_sees_plan else "symbolic"
     t_examples = [make_example(task, x, args.style, with_reply=False) for x in flat]
     t0 = time.perf_counter()
     with torch.no_grad(), acc.autocast():
-        t_logits_BTV, t_mask_BT = reply_logits(teacher, processor, t_examples, replies, acc.device)
+        t = score(teacher, processor, t_examples, replies, allowed_V)
     t_teacher = time.perf_counter() - t0
     with acc.autocast():
-        s_logits_BTV, mask_BT = reply_logits(model, processor, examples, replies, acc.device)
-    if not torch.equal(mask_BT, t_mask_BT):
+        s = score(model, processor, examples, replies, allowed_V)
+    if not (torch.equal(s.valid, t.valid) and torch.equal(s.tokens, t.tokens)):
         raise RuntimeError("teacher and student reply positions differ: alignment bug")
-    tokens_BT = pad_ids(replies, acc.device)
-    logp_BT = losses.token_logprobs(s_logits_BTV, tokens_BT)
-    teacher_BT = losses.token_logprobs(t_logits_BTV, tokens_BT)
+    mask_BT = s.valid
+    logp_BT, teacher_BT = s.logprobs(), t.logprobs()
     rewards_B = torch.tensor(
         [
             float(puzzles.get(x.puzzle).score(x.state, g.text).success)
@@ -120,26 +98,36 @@ def distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc
         device=acc.device,
     )
     if args.loss == "full_reverse_kl":
-        loss, st = losses.full_reverse_kl_loss(s_logits_BTV, t_logits_BTV, mask_BT)
+        loss, st = losses.full_reverse_kl_loss(s.logits, t.logits, mask_BT)
         st = {
             **st,
             "teacher_logprob": losses.masked_mean(teacher_BT, mask_BT).item(),
             "student_logprob": losses.masked_mean(logp_BT.detach(), mask_BT).item(),
         }
     else:
+        baseline_BT = None
+        if cfg.kl_baseline:  # the advantage's expectation under the student: -KL_t
+            baseline_BT = -losses.token_reverse_kl(s.logits, t.logits, mask_BT)
         adv_BT = losses.advantages(
-            teacher_BT, logp_BT.detach(), mask_BT, rewards_B, cfg.reward_weight
+            teacher_BT, logp_BT.detach(), mask_BT, rewards_B, cfg.reward_weight, baseline_BT
         )
         loss, st = losses.sampled_reverse_kl_loss(
-            logp_BT, logp_BT.detach(), adv_BT, mask_BT, cfg.clip_eps, teacher_logprobs_BT=teacher_BT
+            logp_BT, logp_BT.detach(), adv_BT, mask_BT, cfg.clip_low, cfg.clip_high,
+            cfg.dual_clip, teacher_logprobs_BT=teacher_BT,
+        )  # fmt: skip
+    if cfg.forward_kl_weight:
+        forward, fst = losses.forward_kl_topk_loss(
+            s.logits, t.logits, mask_BT, cfg.forward_kl_top_k
         )
+        loss = loss + cfg.forward_kl_weight * forward
+        st.update(fst)
     # the sampler's log-prob of each token against the trainer's: a sampler that does not draw
     # from the model being trained shows here first (bf16 kernels: a few hundredths)
     sampled_BT = torch.zeros(logp_BT.shape, dtype=logp_BT.dtype)  # filled on the host, moved once
     for b, g in enumerate(gens):
         sampled_BT[b, : len(g.logprobs)] = torch.tensor(g.logprobs, dtype=sampled_BT.dtype)
     sampled_BT = sampled_BT.to(acc.device)
-    drawn_BT = mask_BT.bool() & torch.tensor([bool(g.token_ids) for g in gens], device=acc.device)[:, None]  # fmt: skip
+    drawn_BT = mask_BT & torch.tensor([bool(g.token_ids) for g in gens], device=acc.device)[:, None]
     gap = losses.masked_mean((sampled_BT - logp_BT.detach()).abs(), drawn_BT).item()
     parsed = [
         puzzles.get(x.puzzle).parse_answer(g.text) is not None
@@ -150,6 +138,8 @@ def distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc
         parse_rate=sum(parsed) / len(parsed),
         reply_tokens=sum(map(len, replies)) / len(replies),
         sampler_gap=gap,
+        # what the raw student puts on ids it can never sample (the drift the support stops)
+        dead_mass=losses.masked_mean(s.dead_mass, mask_BT).item(),
         teacher_seconds=t_teacher,
     )
     return loss, st
@@ -166,6 +156,13 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
         common.compile_layers(model)
     teacher, _ = load_model(args.teacher, device=acc.device, trainable=False)
     teacher.eval().requires_grad_(False)
+    rows = support.output_rows(model)
+    if support.output_rows(teacher) != rows:
+        raise ConfigError(
+            f"the teacher {args.teacher} scores {support.output_rows(teacher)} ids, the student "
+            f"{args.init} {rows}: they must share one tokenizer"
+        )
+    allowed_V = support.support_mask(processor.tokenizer, rows, acc.device)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = common.make_optimizer(trainable, cfg.lr, cfg.weight_decay)
@@ -214,7 +211,9 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
             if cfg.teacher_offload:
                 teacher.to(acc.device)
             t1 = time.perf_counter()
-            loss, st = distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc)
+            loss, st = distill_step(
+                model, teacher, processor, flat, examples, gens, args, cfg, acc, allowed_V
+            )
             own = torch.tensor(st["tokens"], device=acc.device)
             global_tokens = acc.reduce(own, reduction="sum").item()
             acc.backward(loss * st["tokens"] / max(global_tokens, 1) * acc.num_processes)
@@ -236,6 +235,8 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
             "clip_frac",
             "ratio_mean",
             "sampler_gap",
+            "dead_mass",
+            "forward_ce",
         )
         vals = acc.reduce(torch.tensor([st.get(k, 0.0) for k in keys], device=acc.device), "mean")
         last = {f"distill/{k}": v.item() for k, v in zip(keys, vals, strict=True) if k in st}

@@ -23,7 +23,6 @@ import argparse
 import sys
 import time
 
-import numpy as np
 import torch
 
 from mgsd.config import ConfigError, TrainConfig, load_section, to_dict
@@ -31,14 +30,15 @@ from mgsd.model.batching import collate_train
 from mgsd.model.generate import generate
 from mgsd.model.load import load_model, save_model
 from mgsd.model.lora import apply_lora, freeze_vision, merge_lora
-from mgsd.model.tasks import STAGE_TASK, load_instances, make_example, stage_task, task_success
+from mgsd.model.tasks import (
+    STAGE_TASK,
+    load_instances,
+    make_example,
+    stage_task,
+    task_success,
+    validation_set,
+)
 from mgsd.train import common, losses
-
-
-def validation_set(insts, n, seed):
-    """A fixed, seeded sample of `n` validation instances spread over puzzles and sides."""
-    order = np.random.default_rng(seed).permutation(len(insts))
-    return [insts[i] for i in order[: min(n, len(insts))]]
 
 
 def to_device(batch: dict, device) -> dict:
