@@ -6,21 +6,32 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
-from mgsd.config import CONDITIONS, ConfigError, load, section_json
+from mgsd.config import ConfigError, load, section_json
 from mgsd.workflow import (
     DISTILL_SETUPS,
+    PREMISE_CONDITIONS,
+    REPLICATE,
+    SELECT_ON,
+    SFT_INITS,
+    candidate_config,
+    candidates,
     cpu_resources,
     data_excludes,
     data_params,
     data_file,
     data_files,
+    distill_config_arg,
+    distill_setup,
     eval_files,
     eval_outputs,
     gpu_resources,
     launcher,
     model_inputs,
     model_ref,
+    premise_outputs,
     report_files,
+    split_replicate,
+    swept,
     train_logs,
 )
 
@@ -52,3 +63,8 @@ rule all:
 rule data:
     input:
         data_files(CFG),
+
+
+rule premise:
+    input:
+        premise_outputs(CFG),

@@ -18,8 +18,12 @@ STAGES = {
         "mgsd.model.build_cli",
         "a scratch Qwen3-VL backbone with an offline processor",
     ),
-    "train-sft": ("mgsd.train.sft", "supervised stages: symbolic_pretrain, grounding, sft_direct"),
+    "train-sft": (
+        "mgsd.train.sft",
+        "supervised stages: symbolic_pretrain, grounding, sft_direct, grounding_sft",
+    ),
     "distill": ("mgsd.train.distill", "on-policy distillation from a symbolic teacher"),
+    "select": ("mgsd.train.select", "keep the sweep candidate with the best validation score"),
     "evaluate": ("mgsd.eval.evaluate", "one model x one puzzle x one condition -> records"),
     "tables": ("mgsd.report.tables", "paper tables from the evaluation records"),
     "plots": ("mgsd.report.plots", "figures from the evaluation records and training logs"),

@@ -24,9 +24,13 @@ from typing import Any, Literal
 import yaml
 
 PUZZLES = ("frozenlake", "maze", "minibehaviour")
-CONDITIONS = ("image", "text", "image_oracle_state")
+CONDITIONS = ("image", "text", "image_oracle_state", "teacher")
+# what a supervised stage can train (mgsd.model.tasks documents each)
+TASKS = (
+    "student", "symbolic", "teacher", "grounding", "grounding_student", "oracle", "perception"
+)  # fmt: skip
 DISTILL_METHODS = ("opd_only", "mgsd", "mgsd_no_plan", "mgsd_full_kl", "mgsd_teacher_grounded")
-METHODS = ("base", "symbolic", "sft_direct", "grounding", *DISTILL_METHODS)
+METHODS = ("base", "symbolic", "sft_direct", "grounding", "grounding_sft", *DISTILL_METHODS)
 LEVEL_RANGE = {"frozenlake": (2, 12), "maze": (2, 12), "minibehaviour": (4, 12)}
 BENCHMARK_SOURCES = {"frozenlake": "vsp", "minibehaviour": "vprl"}
 
@@ -161,6 +165,13 @@ def _compile_field():
 
 
 @dataclass(frozen=True, kw_only=True)
+class MixEntry:
+    weight: float = _f(help="share of the batch's examples (weights are normalised)", ge=0)
+    sides: int = _f(0, help="draw only from the N smallest sides of each puzzle (0: all)", ge=0)
+    instances: int = _f(0, help="draw from at most N training instances (0: all)", ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """One supervised stage: symbolic_pretrain, grounding or sft_direct."""
 
@@ -182,6 +193,12 @@ class TrainConfig:
         "grounding",
         help="grounding: the prompt the state is read under (student: the task's own prompt, "
         "the state as the start of the reply, no end of turn, so the model goes on to plan)",
+    )
+    mix: dict[str, MixEntry] | None = _f(
+        None,
+        help="tasks of the stage and their shares, e.g. {symbolic: {weight: 0.4}, student: "
+        "{weight: 0.05, sides: 1}} (null or empty: the stage's own task; an overlay's null "
+        "clears the mix it overlays); tasks: " + ", ".join(TASKS),
     )
     supervise_end: bool = _f(
         True,
@@ -292,7 +309,11 @@ class Resources:
     )
 
 
-STAGES = ("data", "symbolic_pretrain", "grounding", "sft_direct", "distill", "evaluate", "report")
+STAGES = (
+    "data", "symbolic_pretrain", "grounding", "sft_direct", "grounding_sft", "distill", "evaluate",
+    "report",
+)  # fmt: skip
+SFT_SECTIONS = ("symbolic_pretrain", "grounding", "sft_direct", "grounding_sft")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -303,12 +324,29 @@ class Config:
     symbolic_pretrain: TrainConfig = _f(help="scratch backbones: text-only pretraining (the base)")
     grounding: TrainConfig = _f(help="MGSD stage 1: image -> state text")
     sft_direct: TrainConfig = _f(help="baseline: image -> full reply with the optimal plan")
+    grounding_sft: TrainConfig | None = _f(
+        None,
+        help="ablation grounding_sft: grounding, then supervised image -> full reply (give it "
+        "distill's example budget); needed when methods has grounding_sft",
+    )
     distill: DistillConfig = _f(help="MGSD stage 2: on-policy distillation")
     evaluate: EvaluateConfig = _f(EvaluateConfig(), help="evaluation")
     tables: TablesConfig = _f(TablesConfig(), help="tables")
     plots: PlotsConfig = _f(PlotsConfig(), help="figures")
     resources: dict[str, Resources] = _f({}, help="Slurm / local resources per stage")
     methods: tuple[str, ...] = _f(METHODS, help="methods to train and evaluate")
+    sweep: dict[str, dict[str, tuple[Any, ...]]] = _f(
+        {},
+        help="settings chosen on the validation split: per stage section (grounding, sft_direct, "
+        "grounding_sft, distill) the values to try of some of its keys, e.g. {distill: {lr: "
+        "[1e-5, 3e-5, 1e-4]}}; every combination is trained and the best validation success is "
+        "kept (each distillation method chooses its own). The test sets are never read.",
+    )
+    replicates: dict[str, int] = _f(
+        {},
+        help="distillation methods run with this many seeds in all (distill.seed, +1, ...), "
+        "e.g. {mgsd: 3}; tables report the spread across seeds",
+    )
     results_dir: str = _f("results", help="root folder of all runs")
 
     @property
@@ -352,6 +390,8 @@ def _build(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return {str(k): _build(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:  # checked where it is used (sweep values: against their section's field)
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -494,12 +534,71 @@ def _check_config(c: Config) -> None:
         check_scratch(c.backbone.scratch)
     if c.distill.dual_clip and c.distill.dual_clip <= 1:
         raise ConfigError(f"distill.dual_clip: {c.distill.dual_clip} must be 0 (off) or > 1")
-    for stage in ("symbolic_pretrain", "grounding", "sft_direct"):
-        t: TrainConfig = getattr(c, stage)
+    _check_sweep(c)
+    for m, n in c.replicates.items():
+        if m not in DISTILL_METHODS:
+            raise ConfigError(
+                f"unknown key replicates.{m} (distillation methods: {', '.join(DISTILL_METHODS)})"
+            )
+        if n < 1:
+            raise ConfigError(f"replicates.{m}: {n} is below the minimum 1")
+        if m not in c.methods:
+            raise ConfigError(f"replicates.{m}: {m} is not in methods")
+    if "grounding_sft" in c.methods and c.grounding_sft is None:
+        raise ConfigError("methods: grounding_sft needs a grounding_sft section")
+    for stage in SFT_SECTIONS:
+        t: TrainConfig | None = getattr(c, stage)
+        if t is None:
+            continue
+        for task in t.mix or {}:
+            if task not in TASKS:
+                raise ConfigError(f"unknown key {stage}.mix.{task} (tasks: {', '.join(TASKS)})")
+        if t.mix and not any(e.weight > 0 for e in t.mix.values()):
+            raise ConfigError(f"{stage}.mix: give at least one task a weight above 0")
         if t.batch_size % t.grad_accum:
             raise ConfigError(
                 f"{stage}.grad_accum: {t.grad_accum} must divide batch_size = {t.batch_size}"
             )
+
+
+SWEEPABLE = ("grounding", "sft_direct", "grounding_sft", "distill")
+
+
+def _check_sweep(c: Config) -> None:
+    """Every swept key exists in its section and every value is valid there."""
+    for stage, keys in c.sweep.items():
+        if stage not in SWEEPABLE:
+            raise ConfigError(f"unknown key sweep.{stage} (sweepable: {', '.join(SWEEPABLE)})")
+        section = getattr(c, stage)
+        if section is None:
+            raise ConfigError(f"sweep.{stage}: the {stage} section is not configured")
+        if not keys:
+            raise ConfigError(f"sweep.{stage}: give at least one key and its values")
+        for key, values in keys.items():
+            if not values:
+                raise ConfigError(f"sweep.{stage}.{key}: give at least one value")
+        for overrides in sweep_candidates(c, stage):
+            for key, v in overrides.items():
+                swept_section(section, {key: v}, f"sweep.{stage}.{key}")
+
+
+def sweep_candidates(c: Config, stage: str) -> list[dict[str, Any]]:
+    """The overrides of each candidate of a swept stage, in grid order ([{}] when not swept)."""
+    keys = c.sweep.get(stage, {})
+    grid: list[dict[str, Any]] = [{}]
+    for key, values in keys.items():
+        grid = [{**g, key: v} for g in grid for v in values]
+    return grid
+
+
+def swept_section(section: Any, overrides: dict[str, Any], key: str = "sweep") -> Any:
+    """`section` with `overrides` applied and checked as the YAML would be."""
+    raw = {**to_dict(section), **overrides}
+    known = {f.name for f in dataclasses.fields(section)}
+    for k in overrides:
+        if k not in known:
+            raise ConfigError(f"unknown key {key} (known keys here: {', '.join(sorted(known))})")
+    return _build_dataclass(type(section), raw, key.rsplit(".", 1)[0])
 
 
 def load(raw: dict) -> Config:

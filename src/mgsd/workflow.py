@@ -6,7 +6,14 @@ The Snakefile and the rule files import this module; it holds no rule logic, onl
 
 from __future__ import annotations
 
-from mgsd.config import BENCHMARK_SOURCES, Config, resources
+from mgsd.config import (
+    BENCHMARK_SOURCES,
+    Config,
+    resources,
+    section_json,
+    sweep_candidates,
+    swept_section,
+)
 
 SPLITS = ("train", "val", "test")
 
@@ -48,9 +55,71 @@ DISTILL_SETUPS = {
     "mgsd_full_kl": ("grounding", "base", True, "full_reverse_kl"),
     "mgsd_teacher_grounded": ("grounding", "grounding", True, "sampled_reverse_kl"),
 }
-SFT_STAGES = ("grounding", "sft_direct")
-TABLES = ("main", "per_level", "ablations", "modality_gap", "perception", "errors")
+# Supervised methods and the model each starts from (its stage is its config section).
+SFT_INITS = {"grounding": "base", "sft_direct": "base", "grounding_sft": "grounding"}
+TABLES = (
+    "main", "per_level", "ablations", "modality_gap", "perception", "errors", "premise", "seeds"
+)  # fmt: skip
+# the premise of the experiment, measured on the base model and the validation split
+PREMISE_CONDITIONS = ("image", "text", "image_oracle_state", "teacher")
 FIGURES = ("success_vs_side", "modality_gap", "error_decomposition", "training_curves")
+
+
+# ------------------------------------------------------------------ sweeps and replicates
+
+REPLICATE = "-seed"  # models/<method>-seed<k>/: the method trained with its seed + k
+# the validation key a sweep of a stage maximises: the real task (picture -> plan); grounding
+# too, since what matters of stage 1 is what stage 2 starts from, not reading alone
+SELECT_ON = {
+    "grounding": "val/student/success",
+    "sft_direct": "val/success",
+    "grounding_sft": "val/success",
+    "distill": "val/success",
+}
+
+
+def swept(cfg: Config, stage: str) -> bool:
+    return stage in cfg.sweep
+
+
+def candidates(cfg: Config, stage: str) -> list[str]:
+    """Names of the candidates of a swept stage: c0, c1, ... in grid order."""
+    return [f"c{i}" for i in range(len(sweep_candidates(cfg, stage)))]
+
+
+def candidate_config(cfg: Config, stage: str, name: str) -> str:
+    """The section JSON candidate `name` trains with."""
+    overrides = sweep_candidates(cfg, stage)[int(name[1:])]
+    return section_json(swept_section(getattr(cfg, stage), overrides))
+
+
+def replicate_name(method: str, k: int) -> str:
+    return method if k == 0 else f"{method}{REPLICATE}{k}"
+
+
+def split_replicate(name: str) -> tuple[str, int]:
+    """`mgsd-seed2` -> ("mgsd", 2); a plain method name -> (name, 0)."""
+    method, _, k = name.partition(REPLICATE)
+    return method, int(k) if k else 0
+
+
+def replicate_models(cfg: Config) -> list[str]:
+    """The extra seeds of the replicated methods (their first seed is the method itself)."""
+    return [replicate_name(m, k) for m, n in cfg.replicates.items() for k in range(1, n)]
+
+
+def distill_setup(name: str) -> tuple[str, str, bool, str]:
+    """(initial weights, teacher, teacher sees the plan, loss) of a method or its replicate."""
+    return DISTILL_SETUPS[split_replicate(name)[0]]
+
+
+def distill_config_arg(cfg: Config, name: str) -> str:
+    """What `mgsd distill --config` gets: the section JSON, or (a replicate of a swept method)
+    the chosen candidate's config file, which exists only once the sweep has run."""
+    method, k = split_replicate(name)
+    if k and swept(cfg, "distill"):
+        return f"@{cfg.root}/models/{method}/config.json"
+    return section_json(cfg.distill)
 
 
 def model_dir(cfg: Config, name: str) -> str:
@@ -79,6 +148,8 @@ def trained_models(cfg: Config) -> list[str]:
         elif m in DISTILL_SETUPS:
             init, teacher, *_ = DISTILL_SETUPS[m]
             deps = ["base", init, teacher, m]
+        elif m in SFT_INITS:
+            deps = ["base", SFT_INITS[m], m]
         else:
             deps = ["base", m]
         need += [d for d in deps if d not in need]
@@ -105,8 +176,18 @@ def eval_outputs(cfg: Config, method: str, ext: str = ".parquet") -> list[str]:
 
 
 def eval_files(cfg: Config) -> list[str]:
-    models = dict.fromkeys(eval_model(m) for m in cfg.methods)
+    models = dict.fromkeys([*(eval_model(m) for m in cfg.methods), *replicate_models(cfg)])
     return [f for m in models for f in eval_outputs(cfg, m)]
+
+
+def premise_outputs(cfg: Config, ext: str = ".parquet") -> list[str]:
+    """The records (or metrics) of the base model on the validation split, every puzzle x
+    premise condition: what the tables' premise is made of, before any method."""
+    return [
+        f"{cfg.root}/premise/base/{p}/{c}{ext}"
+        for p in cfg.data.puzzles
+        for c in PREMISE_CONDITIONS
+    ]
 
 
 def train_logs(cfg: Config) -> list[str]:

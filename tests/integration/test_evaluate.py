@@ -20,7 +20,8 @@ from mgsd.eval import evaluate
 from mgsd.model import prompts
 from mgsd.model.tasks import Instance, load_instances
 
-CONDITIONS = ("image", "text", "image_oracle_state")
+CONDITIONS = ("image", "text", "image_oracle_state", "teacher")
+TEXT_ONLY = ("text", "teacher")
 # (levels, instances per level) of the small test files, one per puzzle
 TEST_SETS = {"frozenlake": ([3, 4], 2), "maze": ([3], 2), "minibehaviour": ([5], 2)}
 EVAL_CFG = {"max_new_tokens": 8, "batch_size": 4}
@@ -43,7 +44,7 @@ def test_files(tmp_path_factory, tiny_image_size) -> dict[str, Path]:
 def evaluated(tmp_path_factory, tiny_model_dir, test_files) -> Path:
     """One `mgsd evaluate` run over every puzzle and condition; returns its output folder."""
     out = tmp_path_factory.mktemp("eval")
-    argv = ["--model", str(tiny_model_dir), "--method", "base"]
+    argv = ["--model", str(tiny_model_dir), "--method", "base", "--replicate", "2"]
     argv += ["--data", *map(str, test_files.values()), "--conditions", *CONDITIONS]
     argv += ["--config", json.dumps(EVAL_CFG), "--out-dir", str(out)]
     assert evaluate.main(argv) == 0
@@ -70,8 +71,8 @@ def test_records_cover_every_instance_puzzle_and_condition(evaluated, test_files
             assert table.schema.names == list(records.EVAL_COLUMNS), path
             rows = table.to_pylist()
             assert [r["id"] for r in rows] == ids, path
-            assert {(r["puzzle"], r["method"], r["condition"]) for r in rows} == {
-                (puzzle, "base", cond)
+            assert {(r["puzzle"], r["method"], r["replicate"], r["condition"]) for r in rows} == {
+                (puzzle, "base", 2, cond)
             }
             for r in rows:
                 assert r["success"] <= r["parsed"], r["id"]  # an unparsed reply never succeeds
@@ -108,8 +109,9 @@ def test_prompts_follow_the_condition(evaluated, test_files):
                 parts = [c for m in messages for c in m["content"]]
                 has_image = any(c["type"] == "image" for c in parts)
                 text = "\n".join(c["text"] for c in parts if c["type"] == "text")
-                assert has_image == (cond != "text"), (puzzle, cond)
-                assert (p.describe(inst.state) in text) == (cond == "text"), (puzzle, cond)
+                assert has_image == (cond not in TEXT_ONLY), (puzzle, cond)
+                assert (p.describe(inst.state) in text) == (cond in TEXT_ONLY), (puzzle, cond)
+                assert (f"reference plan: {inst.solution}" in text) == (cond == "teacher")
 
 
 @pytest.mark.slow  # runs the tiny model

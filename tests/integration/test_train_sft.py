@@ -179,6 +179,57 @@ def test_grounding_under_the_student_prompt_learns_to_state(
         assert reply.text.startswith(make_example("grounding_student", inst, "compact").reply)
 
 
+MIX = {
+    "symbolic": {"weight": 0.4},
+    "oracle": {"weight": 0.2},
+    "perception": {"weight": 0.3},
+    "student": {"weight": 0.1, "sides": 1},
+}
+
+
+@pytest.mark.slow
+def test_a_mix_trains_the_drawn_tasks_and_validates_each(
+    tiny_model_dir, data_file, tmp_path, one_thread, monkeypatch
+):
+    """The loop's examples are exactly the mixture's draws (task, instance, question), and its
+    validation reports every task of the mix and the real task."""
+    from mgsd.config import MixEntry
+    from mgsd.model.tasks import Mixture
+
+    built = []
+    real = sft.make_example
+
+    def spy(task, inst, style, with_reply=True, end=True, variant=0):
+        if with_reply:
+            built.append((task, inst.id, variant))
+        return real(task, inst, style, with_reply, end, variant)
+
+    monkeypatch.setattr(sft, "make_example", spy)
+    steps = 30
+    cfg = {**LEARN, "steps": steps, "checkpoint_every": 0, "val_instances": 4, "mix": MIX,
+           "val_max_new_tokens": MAX_REPLY_TOKENS}  # fmt: skip
+    assert sft.main(sft_args("symbolic_pretrain", tiny_model_dir, data_file, cfg, tmp_path)) == 0
+    insts = load_instances([str(data_file)])
+    mixture = Mixture({k: MixEntry(**v) for k, v in MIX.items()}, "symbolic", insts, 0)
+    from mgsd.train.common import batch_indices
+
+    expected = []
+    for step in range(steps):
+        for slot in mixture.slots(batch_indices(len(insts), LEARN["batch_size"], 0, step), step):
+            expected.append((slot.task, insts[slot.index].id, slot.variant))
+    training = [b for b in built if b[0] in MIX][: len(expected)]
+    assert training == expected
+    assert {t for t, *_ in expected} == set(MIX)
+    small = {x.id for x in insts if (x.puzzle, x.level) in {("frozenlake", 3), ("maze", 2),
+                                                              ("minibehaviour", 4)}}  # fmt: skip
+    assert {i for t, i, _ in expected if t == "student"} <= small
+    final = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"val/success", "val/oracle/success", "val/perception/success"} <= set(final)
+    assert "val/student/success" in final  # the real task, trained or not
+    losses = [r["train/loss"] for r in train_rows(tmp_path)]
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+
+
 @pytest.mark.slow
 def test_compiled_layers_follow_the_eager_loss_curve(
     tiny_model_dir, data_file, tmp_path, one_thread

@@ -17,7 +17,7 @@ SIDES = {"frozenlake": range(3, 9), "maze": range(3, 7), "minibehaviour": range(
 CASES = [(name, level) for name in puzzles.NAMES for level in SIDES[name]]
 INTERFACE = (
     "ACTIONS FIELDS generate to_dict from_dict render describe parse_description field_values "
-    "solve optimal_length simulate parse_answer format_answer score state_hash"
+    "solve optimal_length simulate parse_answer format_answer score state_hash questions"
 ).split()
 
 
@@ -139,3 +139,21 @@ def test_unparsed_reply_fails_with_zero_progress(name):
         assert (score.parsed, score.success, score.exact_match) == (False, False, False)
         assert score.progress_rate == 0.0 and score.actions is None
         assert score.optimal_length == module.optimal_length(state)
+
+
+@pytest.mark.parametrize(("name", "level"), CASES)
+def test_perception_questions_are_answered_by_the_state_in_other_words(name, level):
+    """Every cell is asked about, answers are short words (never the reply's `r c` form), and
+    two states that differ get different answers somewhere."""
+    module = puzzles.get(name)
+    a, b = module.generate(level, 11), module.generate(level, 12)
+    qa = module.questions(a)
+    questions = [q for q, _ in qa]
+    assert len(set(questions)) == len(questions) >= level * level
+    assert all(q.endswith("?") and ans and len(ans) < 40 for q, ans in qa)
+    reply_lines = set(module.describe(a).splitlines())
+    assert not any(ans in reply_lines for _, ans in qa)
+    assert module.to_dict(a) != module.to_dict(b)
+    other = module.questions(b)
+    assert [q for q, _ in other] == questions  # the questions depend on the side alone
+    assert [x for _, x in other] != [x for _, x in qa]

@@ -98,3 +98,54 @@ def test_unreadable_and_malformed_files(tmp_path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(C.ConfigError, match="not valid YAML"):
         C.load_file(bad)
+
+
+# ---------------------------------------------------------------- mixes, sweeps, replicates
+
+
+@pytest.mark.parametrize(
+    ("over", "message"),
+    [
+        ({"grounding": {"mix": {"reading": {"weight": 1}}}}, "unknown key grounding.mix.reading"),
+        (
+            {
+                "grounding": {
+                    "mix": {
+                        "symbolic": {"weight": 0},
+                        "oracle": {"weight": 0},
+                        "grounding_student": {"weight": 0},
+                    }
+                }
+            },
+            "grounding.mix: give at least one task a weight above 0",
+        ),  # fmt: skip
+        ({"grounding": {"mix": {"oracle": {"weight": -1}}}}, "grounding.mix.oracle.weight"),
+        ({"sweep": {"distill": {"lrr": [1e-4]}}}, "unknown key sweep.distill.lrr"),
+        ({"sweep": {"distill": {"lr": [0.0]}}}, "sweep.distill.lr: 0.0 must be greater than 0"),
+        ({"sweep": {"distill": {"lr": []}}}, "sweep.distill.lr: give at least one value"),
+        ({"sweep": {"evaluate": {"batch_size": [1]}}}, "unknown key sweep.evaluate"),
+        ({"replicates": {"grounding": 2}}, "unknown key replicates.grounding"),
+        ({"replicates": {"mgsd": 0}}, "replicates.mgsd: 0 is below the minimum 1"),
+        ({"methods": ["base", "grounding_sft"], "grounding_sft": None}, "grounding_sft section"),
+    ],
+)
+def test_mix_sweep_and_replicate_errors_name_the_key(over, message):
+    with pytest.raises(C.ConfigError, match=message):
+        C.load(_raw(**over))
+
+
+def test_a_null_mix_clears_the_mix_it_overlays():
+    assert C.load(_raw()).grounding.mix  # the default preset replays text planning
+    assert C.load(_raw(grounding={"mix": None})).grounding.mix is None
+
+
+def test_sweep_candidates_are_the_grid_in_order():
+    cfg = C.load(_raw(sweep={"distill": {"lr": [1e-4, 3e-4], "kl_baseline": [False, True]}}))
+    grid = C.sweep_candidates(cfg, "distill")
+    assert grid == [
+        {"lr": 1e-4, "kl_baseline": False}, {"lr": 1e-4, "kl_baseline": True},
+        {"lr": 3e-4, "kl_baseline": False}, {"lr": 3e-4, "kl_baseline": True},
+    ]  # fmt: skip
+    assert C.sweep_candidates(cfg, "grounding") == [{}]
+    section = C.swept_section(cfg.distill, grid[3])
+    assert section.lr == 3e-4 and section.kl_baseline and section.steps == cfg.distill.steps

@@ -18,7 +18,8 @@ def rec(rid, puzzle="frozenlake", method="mgsd", condition="image", level=3, **k
     """One evaluation record; unspecified outcomes are a parsed failure with a correct state."""
     fields = kw.pop("state_fields", {"level": True})
     row = {
-        "id": rid, "puzzle": puzzle, "level": level, "method": method, "condition": condition,
+        "id": rid, "puzzle": puzzle, "level": level, "method": method, "replicate": 0,
+        "condition": condition,
         "prompt": "p", "reply": "r", "actions": "", "success": False, "exact_match": False,
         "progress_rate": 0.0, "parsed": True, "illegal_kind": "", "state_parsed": True,
         "state_correct": True, "state_fields": json.dumps(fields), "reply_tokens": 3,

@@ -16,7 +16,8 @@ from mgsd.report.style import METHOD_COLORS
 
 def rec(rid, puzzle, method, condition, level, success):
     return {
-        "id": rid, "puzzle": puzzle, "level": level, "method": method, "condition": condition,
+        "id": rid, "puzzle": puzzle, "level": level, "method": method, "replicate": 0,
+        "condition": condition,
         "prompt": "p", "reply": "r", "actions": "", "success": success, "exact_match": success,
         "progress_rate": 1.0 if success else 0.0, "parsed": True, "illegal_kind": "",
         "state_parsed": True, "state_correct": success or rid.endswith("0"),

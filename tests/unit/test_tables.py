@@ -19,7 +19,8 @@ CONFIG = json.dumps({"bootstrap": 50, "confidence": 0.95, "seed": 0})
 
 def rec(rid, puzzle, method, condition="image", level=3, success=False, **kw):
     row = {
-        "id": rid, "puzzle": puzzle, "level": level, "method": method, "condition": condition,
+        "id": rid, "puzzle": puzzle, "level": level, "method": method, "replicate": 0,
+        "condition": condition,
         "prompt": "p", "reply": "r", "actions": "", "success": success,
         "exact_match": success, "progress_rate": 1.0 if success else 0.0, "parsed": True,
         "illegal_kind": "", "state_parsed": True, "state_correct": True,
@@ -198,3 +199,57 @@ def test_the_workflow_declares_these_tables():
     from mgsd import workflow
 
     assert workflow.TABLES == tables.TABLES
+
+
+def test_premise_table_reads_the_validation_records_and_checks_the_targets(tmp_path):
+    """SR per condition of the base model, its perception, and each target met or not."""
+    files = {}
+    for puzzle, ids in (("frozenlake", "abcd"), ("maze", "mn")):
+        files[f"base/{puzzle}/text"] = [rec(i, puzzle, "base", "text", success=True) for i in ids]
+        files[f"base/{puzzle}/teacher"] = [
+            rec(i, puzzle, "base", "teacher", success=True) for i in ids
+        ]
+        files[f"base/{puzzle}/image_oracle_state"] = [
+            rec(i, puzzle, "base", "image_oracle_state", success=i in "am") for i in ids
+        ]
+    files["base/frozenlake/image"] = [
+        rec(i, "frozenlake", "base", success=i == "a", state_correct=i == "a",
+            state_fields=json.dumps({"level": True, "holes": i == "a"}))
+        for i in "abcd"
+    ]  # fmt: skip
+    files["base/maze/image"] = [
+        rec(i, "maze", "base", parsed=i == "m", state_correct=False) for i in "mn"
+    ]
+    premise = write(tmp_path / "p", files)
+    other = write(tmp_path / "e", {"mgsd/maze/image": [rec("m", "maze", "mgsd")]})
+    argv = ["--records", *other, "--premise", *premise, "--config", CONFIG, "--out"]
+    assert tables.main([*argv, str(tmp_path / "t")]) == 0
+    p = csv(tmp_path / "t", "premise")
+    fl, mac = row(p, puzzle="frozenlake"), row(p, puzzle="macro")
+    assert (fl["sr_text"], fl["sr_image"], fl["sr_image_oracle_state"]) == (100.0, 25.0, 25.0)
+    assert fl["state_correct"] == 25.0 and mac["sr_image"] == 12.5 and mac["parse_image"] == 75.0
+    md = (tmp_path / "t" / "premise.md").read_text()
+    assert "holes 25.0" in md and "level 100.0" in md
+    assert "target text SR 70-100%: 100.0 (met)" in md
+    assert "target image SR 5-25%: 12.5 (met)" in md
+    assert "target image parse rate 80-100%: 75.0 (NOT met)" in md
+    # without premise records: the table is written with a note
+    assert tables.main(["--records", *other, "--config", CONFIG, "--out", str(tmp_path / "u")]) == 0
+    assert "no premise records" in (tmp_path / "u" / "premise.md").read_text()
+
+
+def test_seeds_table_spreads_over_replicates_and_the_rest_use_the_first(tmp_path):
+    files = {}
+    for k, wins in enumerate(("ab", "a", "abc")):  # SR 50, 25, 75 on frozenlake
+        files[f"mgsd{k}/frozenlake/image"] = [
+            rec(i, "frozenlake", "mgsd", success=i in wins, replicate=k) for i in "abcd"
+        ]
+    files["base/frozenlake/image"] = [rec(i, "frozenlake", "base") for i in "abcd"]
+    argv = ["--records", *write(tmp_path, files), "--config", CONFIG, "--out", str(tmp_path / "t")]
+    assert tables.main(argv) == 0
+    seeds = row(csv(tmp_path / "t", "seeds"), method="mgsd")
+    assert [seeds[f"sr_seed{k}"] for k in range(3)] == [50.0, 25.0, 75.0]
+    half = 4.303 * 25.0 / 3**0.5  # t(0.975, 2) x sd / sqrt(3)
+    assert seeds["sr_mean"] == 50.0 and seeds["sr_hi"] == pytest.approx(50.0 + half, abs=1e-2)
+    assert row(csv(tmp_path / "t", "main"), method="mgsd", puzzle="frozenlake")["sr"] == 50.0
+    assert "base" not in set(csv(tmp_path / "t", "seeds")["method"])

@@ -104,7 +104,7 @@ def test_complete_tree_plans_nothing(tree, tmp_path):
     [
         pytest.param(
             {"evaluate": {"max_new_tokens": 65}},
-            {"evaluate": EVAL_JOBS, **REPORTS},
+            {"evaluate": EVAL_JOBS, "premise_eval": 1, **REPORTS},
             id="evaluate-option",
         ),
         pytest.param({"plots": {"dpi": 81}}, {"plots": 1, "all": 1}, id="plots-option"),

@@ -62,15 +62,18 @@ def test_lint_is_clean(tmp_path):
 
 def test_dry_run_plans_every_stage(tmp_path):
     jobs = planned_jobs(snakemake(tmp_path, "-n", "all", "--configfile", str(SMOKE)))
-    # 3 puzzles x 3 splits; 8 evaluated models (symbolic is the base model given text)
+    # 3 puzzles x 3 splits; 9 evaluated models (symbolic is the base model given text), and
+    # the base model on the validation split (the premise)
     assert jobs == {
         "data_split": 9,
         "scratch_init": 1,
         "symbolic_pretrain": 1,
         "grounding": 1,
         "sft_direct": 1,
+        "grounding_sft": 1,
         "distill": 5,
-        "evaluate": 8,
+        "evaluate": 9,
+        "premise_eval": 1,
         "tables": 1,
         "plots": 1,
         "all": 1,
@@ -134,3 +137,36 @@ def test_benchmark_test_sets_come_first_and_are_excluded_from_training(tmp_path,
     assert "--source vsp" in fl_test and "--seed" not in fl_test and "--exclude  --out" in fl_test
     mz_test = next(c for c in commands if "maze --split test" in c)
     assert "maze/train.parquet" in mz_test and "maze/val.parquet" in mz_test
+
+
+def test_sweeps_and_replicates_plan_candidates_a_choice_and_seeds(tmp_path):
+    """Every candidate of a swept stage is trained, one select job keeps the best on validation,
+    downstream stages start from the chosen model, and replicates train with its config."""
+    over = overlay(
+        tmp_path,
+        "sweep.yaml",
+        {
+            "sweep": {"grounding": {"lr": [1e-3, 2e-3]}, "distill": {"lr": [1e-4, 3e-4, 1e-3]}},
+            "replicates": {"mgsd": 3},
+        },
+    )
+    proc = snakemake(tmp_path, "-n", "-p", "all", "--configfile", str(SMOKE), str(over))
+    jobs = planned_jobs(proc)
+    assert jobs["grounding_candidate"] == 2 and jobs["grounding_select"] == 1
+    assert jobs["distill_candidate"] == 15 and jobs["distill_select"] == 5
+    assert jobs["distill"] == 2 and jobs["evaluate"] == 11  # mgsd-seed1, mgsd-seed2
+    assert "grounding" not in jobs and "sft_direct" in jobs
+    commands = [
+        line.split("Shell command: ", 1)[1]
+        for line in proc.stdout.splitlines()
+        if "Shell command: mgsd " in line
+    ]
+    seed2 = next(c for c in commands if "distill --method mgsd " in c and "mgsd-seed2/model" in c)
+    assert "--config @results/smoke/models/mgsd/config.json" in seed2
+    assert "--seed-offset 2" in seed2 and "--init results/smoke/models/grounding/model" in seed2
+    candidate = next(c for c in commands if "models/mgsd/sweep/c2/model" in c)
+    assert '"lr":0.001' in candidate and "--seed-offset 0" in candidate
+    pick = next(c for c in commands if c.startswith("mgsd select") and "/grounding/" in c)
+    assert "--metric val/student/success" in pick and "--keys lr" in pick
+    evaluation = next(c for c in commands if "evaluate" in c and "mgsd-seed1/model" in c)
+    assert "--method mgsd --replicate 1" in evaluation

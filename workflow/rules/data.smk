@@ -7,18 +7,18 @@ rule data_split:
         exclude=lambda wc: data_excludes(CFG, wc.puzzle, wc.split),
     output:
         f"{ROOT}/data/{{puzzle}}/{{split}}.parquet",
-    wildcard_constraints:
-        split="train|val|test",
-    params:
-        p=lambda wc: data_params(CFG, wc.puzzle, wc.split),
     log:
         f"{ROOT}/logs/data/{{puzzle}}_{{split}}.log",
     benchmark:
         f"{ROOT}/benchmarks/data/{{puzzle}}_{{split}}.tsv"
-    resources:
-        **cpu_resources(CFG, "data"),
+    wildcard_constraints:
+        split="train|val|test",
     conda:
         "../../envs/mgsd.yaml"
+    resources:
+        **cpu_resources(CFG, "data"),
+    params:
+        p=lambda wc: data_params(CFG, wc.puzzle, wc.split),
     shell:
         "mgsd generate --puzzle {wildcards.puzzle:q} --split {wildcards.split}"
         " {params.p[options]} --exclude {input.exclude:q} --out {output:q} --no-progress"

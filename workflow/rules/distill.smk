@@ -1,40 +1,129 @@
 # On-policy distillation from a symbolic teacher (src/mgsd/train/distill.py): MGSD stage 2 and
 # its ablations. Each method's (initial weights, teacher, plan, loss) is in DISTILL_SETUPS.
+#
+# models/<method>/ is the method itself; models/<method>-seed<k>/ its replicate with the seed
+# + k (config `replicates`). With `sweep.distill`, each method trains one candidate per setting
+# under models/<method>/sweep/<c>/ and keeps the best on validation (mgsd select); replicates
+# then train with the chosen setting (models/<method>/config.json).
+
+DISTILL_NAMES = "|".join(DISTILL_SETUPS)
+
+
+DISTILL_SHELL = (
+    "{params.launch} distill --method {params.method} --init {params.init:q}"
+    " --teacher {params.teacher:q} {params.plan} --loss {params.loss}"
+    " --train {input.train:q} --val {input.val:q} --config {params.cfg:q}"
+    " --seed-offset {params.seed_offset}"
+    " --prompt-style {params.style} --out {output.model:q} --metrics {output.metrics:q}"
+    " --log {params.work:q}/train_log.jsonl --work {params.work:q} > {log:q} 2>&1"
+    # as in train.smk: the log survives a failed attempt in the work folder
+    " && cp {params.work:q}/train_log.jsonl {output.log:q}"
+)
+DISTILL_PARAMS = dict(
+    method=lambda wc: split_replicate(wc.method)[0],
+    init=lambda wc: model_ref(CFG, distill_setup(wc.method)[0]),
+    teacher=lambda wc: model_ref(CFG, distill_setup(wc.method)[1]),
+    plan=lambda wc: "--teacher-sees-plan" if distill_setup(wc.method)[2] else "",
+    loss=lambda wc: distill_setup(wc.method)[3],
+    style=CFG.backbone.prompt_style,
+    launch=launcher(CFG, "distill"),
+)
 
 
 rule distill:
     input:
-        models=lambda wc: model_inputs(CFG, *DISTILL_SETUPS[wc.method][:2]),
+        models=lambda wc: model_inputs(CFG, *distill_setup(wc.method)[:2]),
+        chosen=lambda wc: (
+            [f"{ROOT}/models/{split_replicate(wc.method)[0]}/config.json"]
+            if split_replicate(wc.method)[1] and swept(CFG, "distill")
+            else []
+        ),
         train=[data_file(CFG, p, "train") for p in CFG.data.puzzles],
         val=[data_file(CFG, p, "val") for p in CFG.data.puzzles],
     output:
         model=directory(f"{ROOT}/models/{{method}}/model"),
         metrics=f"{ROOT}/models/{{method}}/metrics.json",
         log=f"{ROOT}/models/{{method}}/train_log.jsonl",
-    wildcard_constraints:
-        method="|".join(DISTILL_SETUPS),
-    params:
-        cfg=lambda wc: section_json(CFG.distill),
-        init=lambda wc: model_ref(CFG, DISTILL_SETUPS[wc.method][0]),
-        teacher=lambda wc: model_ref(CFG, DISTILL_SETUPS[wc.method][1]),
-        plan=lambda wc: "--teacher-sees-plan" if DISTILL_SETUPS[wc.method][2] else "",
-        loss=lambda wc: DISTILL_SETUPS[wc.method][3],
-        style=CFG.backbone.prompt_style,
-        work=lambda wc: f"{ROOT}/resume/{wc.method}",
-        launch=lambda wc: launcher(CFG, "distill"),
     log:
         f"{ROOT}/logs/models/{{method}}.log",
     benchmark:
         f"{ROOT}/benchmarks/models/{{method}}.tsv"
-    resources:
-        **gpu_resources(CFG, "distill"),
+    wildcard_constraints:
+        # a swept method's own folder is written by distill_select; its replicates come here
+        method=(
+            f"({DISTILL_NAMES}){REPLICATE}[0-9]+"
+            if swept(CFG, "distill")
+            else f"({DISTILL_NAMES})({REPLICATE}[0-9]+)?"
+        ),
     conda:
         "../../envs/mgsd.yaml"
+    resources:
+        **gpu_resources(CFG, "distill"),
+    params:
+        **DISTILL_PARAMS,
+        cfg=lambda wc: distill_config_arg(CFG, wc.method),
+        seed_offset=lambda wc: split_replicate(wc.method)[1],
+        work=lambda wc: f"{ROOT}/resume/{wc.method}",
     shell:
-        "{params.launch} distill --method {wildcards.method} --init {params.init:q}"
-        " --teacher {params.teacher:q} {params.plan} --loss {params.loss}"
-        " --train {input.train:q} --val {input.val:q} --config {params.cfg:q}"
-        " --prompt-style {params.style} --out {output.model:q} --metrics {output.metrics:q}"
-        " --log {params.work:q}/train_log.jsonl --work {params.work:q} > {log:q} 2>&1"
-        # as in train.smk: the log survives a failed attempt in the work folder
-        " && cp {params.work:q}/train_log.jsonl {output.log:q}"
+        DISTILL_SHELL
+
+
+if swept(CFG, "distill"):
+
+    rule distill_candidate:
+        input:
+            models=lambda wc: model_inputs(CFG, *distill_setup(wc.method)[:2]),
+            train=[data_file(CFG, p, "train") for p in CFG.data.puzzles],
+            val=[data_file(CFG, p, "val") for p in CFG.data.puzzles],
+        output:
+            model=directory(f"{ROOT}/models/{{method}}/sweep/{{cand}}/model"),
+            metrics=f"{ROOT}/models/{{method}}/sweep/{{cand}}/metrics.json",
+            log=f"{ROOT}/models/{{method}}/sweep/{{cand}}/train_log.jsonl",
+        log:
+            f"{ROOT}/logs/models/{{method}}/{{cand}}.log",
+        benchmark:
+            f"{ROOT}/benchmarks/models/{{method}}/{{cand}}.tsv"
+        wildcard_constraints:
+            method=DISTILL_NAMES,
+            cand="c[0-9]+",
+        conda:
+            "../../envs/mgsd.yaml"
+        resources:
+            **gpu_resources(CFG, "distill"),
+        params:
+            **DISTILL_PARAMS,
+            cfg=lambda wc: candidate_config(CFG, "distill", wc.cand),
+            seed_offset=0,
+            work=lambda wc: f"{ROOT}/resume/{wc.method}/{wc.cand}",
+        shell:
+            DISTILL_SHELL
+
+    rule distill_select:
+        input:
+            lambda wc: [
+                f"{ROOT}/models/{wc.method}/sweep/{c}/{f}"
+                for c in candidates(CFG, "distill")
+                for f in ("model", "metrics.json", "train_log.jsonl")
+            ],
+        output:
+            model=directory(f"{ROOT}/models/{{method}}/model"),
+            metrics=f"{ROOT}/models/{{method}}/metrics.json",
+            log=f"{ROOT}/models/{{method}}/train_log.jsonl",
+            chosen=f"{ROOT}/models/{{method}}/config.json",
+            sweep=f"{ROOT}/models/{{method}}/sweep.json",
+        log:
+            f"{ROOT}/logs/models/{{method}}_select.log",
+        wildcard_constraints:
+            method=DISTILL_NAMES,
+        localrule: True
+        params:
+            candidates=lambda wc: [
+                f"{ROOT}/models/{wc.method}/sweep/{c}"
+                for c in candidates(CFG, "distill")
+            ],
+            metric=SELECT_ON["distill"],
+            swept_keys=" ".join(CFG.sweep.get("distill", {})),
+            out=lambda wc: f"{ROOT}/models/{wc.method}",
+        shell:
+            "mgsd select --candidates {params.candidates:q} --metric {params.metric:q}"
+            " --keys {params.swept_keys} --out {params.out:q} > {log:q} 2>&1"

@@ -9,21 +9,54 @@ rule evaluate:
     output:
         records=eval_outputs(CFG, "{method}", ".parquet"),
         metrics=eval_outputs(CFG, "{method}", ".json"),
-    params:
-        cfg=lambda wc: section_json(CFG.evaluate),
-        model=lambda wc: model_ref(CFG, wc.method),
-        conditions=" ".join(CFG.evaluate.conditions),
-        style=CFG.backbone.prompt_style,
-        out=lambda wc, output: os.path.dirname(os.path.dirname(output.records[0])),
     log:
         f"{ROOT}/logs/eval/{{method}}.log",
     benchmark:
         f"{ROOT}/benchmarks/eval/{{method}}.tsv"
-    resources:
-        **gpu_resources(CFG, "evaluate"),
     conda:
         "../../envs/mgsd.yaml"
+    resources:
+        **gpu_resources(CFG, "evaluate"),
+    params:
+        cfg=lambda wc: section_json(CFG.evaluate),
+        model=lambda wc: model_ref(CFG, wc.method),
+        method=lambda wc: split_replicate(wc.method)[0],
+        replicate=lambda wc: split_replicate(wc.method)[1],
+        conditions=" ".join(CFG.evaluate.conditions),
+        style=CFG.backbone.prompt_style,
+        out=lambda wc, output: os.path.dirname(os.path.dirname(output.records[0])),
     shell:
-        "mgsd evaluate --model {params.model:q} --method {wildcards.method}"
+        "mgsd evaluate --model {params.model:q} --method {params.method}"
+        " --replicate {params.replicate}"
+        " --data {input.data:q} --conditions {params.conditions} --config {params.cfg:q}"
+        " --prompt-style {params.style} --out-dir {params.out:q} > {log:q} 2>&1"
+
+
+# The premise of the experiment (README, "the premise"): the base model on the validation split
+# under every input condition and under the teacher's prompt, before any method. Its records feed
+# tables/premise; `snakemake premise` runs it alone.
+rule premise_eval:
+    input:
+        model=model_inputs(CFG, "base"),
+        data=[data_file(CFG, p, "val") for p in CFG.data.puzzles],
+    output:
+        records=premise_outputs(CFG, ".parquet"),
+        metrics=premise_outputs(CFG, ".json"),
+    log:
+        f"{ROOT}/logs/eval/premise.log",
+    benchmark:
+        f"{ROOT}/benchmarks/eval/premise.tsv"
+    conda:
+        "../../envs/mgsd.yaml"
+    resources:
+        **gpu_resources(CFG, "evaluate"),
+    params:
+        cfg=section_json(CFG.evaluate),
+        model=lambda wc: model_ref(CFG, "base"),
+        conditions=" ".join(PREMISE_CONDITIONS),
+        style=CFG.backbone.prompt_style,
+        out=lambda wc, output: os.path.dirname(os.path.dirname(output.records[0])),
+    shell:
+        "mgsd evaluate --model {params.model:q} --method base"
         " --data {input.data:q} --conditions {params.conditions} --config {params.cfg:q}"
         " --prompt-style {params.style} --out-dir {params.out:q} > {log:q} 2>&1"

@@ -3,26 +3,28 @@
 
 rule tables:
     input:
-        eval_files(CFG),
+        records=eval_files(CFG),
+        premise=premise_outputs(CFG),
     output:
         [
             report(f, category="Tables", caption="../report/tables.rst")
             for f in report_files(CFG)
             if "/tables/" in f
         ],
-    params:
-        cfg=lambda wc: section_json(CFG.tables),
-        out=lambda wc, output: os.path.dirname(output[0]),
     log:
         f"{ROOT}/logs/report/tables.log",
     benchmark:
         f"{ROOT}/benchmarks/report/tables.tsv"
-    resources:
-        **cpu_resources(CFG, "report"),
     conda:
         "../../envs/mgsd.yaml"
+    resources:
+        **cpu_resources(CFG, "report"),
+    params:
+        cfg=lambda wc: section_json(CFG.tables),
+        out=lambda wc, output: os.path.dirname(output[0]),
     shell:
-        "mgsd tables --records {input:q} --config {params.cfg:q} --out {params.out:q}"
+        "mgsd tables --records {input.records:q} --premise {input.premise:q}"
+        " --config {params.cfg:q} --out {params.out:q}"
         " > {log:q} 2>&1"
 
 
@@ -36,17 +38,17 @@ rule plots:
             for f in report_files(CFG)
             if "/figures/" in f
         ],
-    params:
-        cfg=lambda wc: section_json(CFG.plots),
-        out=lambda wc, output: os.path.dirname(output[0]),
     log:
         f"{ROOT}/logs/report/plots.log",
     benchmark:
         f"{ROOT}/benchmarks/report/plots.tsv"
-    resources:
-        **cpu_resources(CFG, "report"),
     conda:
         "../../envs/mgsd.yaml"
+    resources:
+        **cpu_resources(CFG, "report"),
+    params:
+        cfg=lambda wc: section_json(CFG.plots),
+        out=lambda wc, output: os.path.dirname(output[0]),
     shell:
         "mgsd plots --records {input.records:q} --train-logs {input.logs:q}"
         " --config {params.cfg:q} --out {params.out:q} > {log:q} 2>&1"

@@ -1,5 +1,7 @@
-# Supervised stages (src/mgsd/train/sft.py): the scratch backbone's symbolic pretraining (its
-# output is the "base" model), grounding (MGSD stage 1) and the direct-SFT baseline.
+# Supervised stages (src/mgsd/train/sft.py): the scratch backbone's stage 0 (`symbolic_pretrain`,
+# its output is the "base" model), grounding (MGSD stage 1), the direct-SFT baseline and the
+# grounding_sft ablation. The last three are one rule each from SFT_INITS (method -> the model
+# it starts from); the method's name is its config section and its stage.
 
 
 # The training log is written in the work folder and copied on success: Snakemake deletes the
@@ -16,17 +18,17 @@ SFT_SHELL = (
 rule scratch_init:
     output:
         directory(f"{ROOT}/models/scratch/model"),
-    params:
-        cfg=section_json(CFG.backbone.scratch),
-        image_size=CFG.data.image_size,
     log:
         f"{ROOT}/logs/models/scratch_init.log",
     benchmark:
         f"{ROOT}/benchmarks/models/scratch_init.tsv"
-    resources:
-        **cpu_resources(CFG, "symbolic_pretrain"),
     conda:
         "../../envs/mgsd.yaml"
+    resources:
+        **cpu_resources(CFG, "symbolic_pretrain"),
+    params:
+        cfg=section_json(CFG.backbone.scratch),
+        image_size=CFG.data.image_size,
     shell:
         "mgsd build-scratch --config {params.cfg:q} --image-size {params.image_size}"
         " --out {output:q} > {log:q} 2>&1"
@@ -41,75 +43,109 @@ rule symbolic_pretrain:
         model=directory(f"{ROOT}/models/base/model"),
         metrics=f"{ROOT}/models/base/metrics.json",
         log=f"{ROOT}/models/base/train_log.jsonl",
-    params:
-        stage="symbolic_pretrain",
-        cfg=section_json(CFG.symbolic_pretrain),
-        style=CFG.backbone.prompt_style,
-        work=f"{ROOT}/resume/base",
-        launch=launcher(CFG, "symbolic_pretrain"),
     log:
         f"{ROOT}/logs/models/base.log",
     benchmark:
         f"{ROOT}/benchmarks/models/base.tsv"
+    conda:
+        "../../envs/mgsd.yaml"
     resources:
         **gpu_resources(CFG, "symbolic_pretrain"),
-    conda:
-        "../../envs/mgsd.yaml"
-    shell:
-        SFT_SHELL.replace("{params.init:q}", "{input.init:q}")
-
-
-rule grounding:
-    input:
-        init=model_inputs(CFG, "base"),
-        train=[data_file(CFG, p, "train") for p in CFG.data.puzzles],
-        val=[data_file(CFG, p, "val") for p in CFG.data.puzzles],
-    output:
-        model=directory(f"{ROOT}/models/grounding/model"),
-        metrics=f"{ROOT}/models/grounding/metrics.json",
-        log=f"{ROOT}/models/grounding/train_log.jsonl",
     params:
-        stage="grounding",
-        cfg=section_json(CFG.grounding),
-        init=lambda wc: model_ref(CFG, "base"),
+        stage="symbolic_pretrain",
+        cfg=section_json(CFG.symbolic_pretrain),
+        init=lambda wc, input: input.init,
         style=CFG.backbone.prompt_style,
-        work=f"{ROOT}/resume/grounding",
-        launch=launcher(CFG, "grounding"),
-    log:
-        f"{ROOT}/logs/models/grounding.log",
-    benchmark:
-        f"{ROOT}/benchmarks/models/grounding.tsv"
-    resources:
-        **gpu_resources(CFG, "grounding"),
-    conda:
-        "../../envs/mgsd.yaml"
+        work=f"{ROOT}/resume/base",
+        launch=launcher(CFG, "symbolic_pretrain"),
     shell:
         SFT_SHELL
 
 
-rule sft_direct:
-    input:
-        init=model_inputs(CFG, "base"),
-        train=[data_file(CFG, p, "train") for p in CFG.data.puzzles],
-        val=[data_file(CFG, p, "val") for p in CFG.data.puzzles],
-    output:
-        model=directory(f"{ROOT}/models/sft_direct/model"),
-        metrics=f"{ROOT}/models/sft_direct/metrics.json",
-        log=f"{ROOT}/models/sft_direct/train_log.jsonl",
-    params:
-        stage="sft_direct",
-        cfg=section_json(CFG.sft_direct),
-        init=lambda wc: model_ref(CFG, "base"),
-        style=CFG.backbone.prompt_style,
-        work=f"{ROOT}/resume/sft_direct",
-        launch=launcher(CFG, "sft_direct"),
-    log:
-        f"{ROOT}/logs/models/sft_direct.log",
-    benchmark:
-        f"{ROOT}/benchmarks/models/sft_direct.tsv"
-    resources:
-        **gpu_resources(CFG, "sft_direct"),
-    conda:
-        "../../envs/mgsd.yaml"
-    shell:
-        SFT_SHELL
+for _method, _init in SFT_INITS.items():
+    if (
+        getattr(CFG, _method) is None
+    ):  # an optional section (grounding_sft) not configured
+        continue
+    # a swept stage trains one candidate per setting under sweep/<c>/ and keeps the best one on
+    # validation (mgsd select); otherwise the rule writes the method's folder directly
+    _out = (
+        f"{ROOT}/models/{_method}/sweep/{{cand}}"
+        if swept(CFG, _method)
+        else f"{ROOT}/models/{_method}"
+    )
+    _work = (
+        f"{ROOT}/resume/{_method}/{{cand}}"
+        if swept(CFG, _method)
+        else f"{ROOT}/resume/{_method}"
+    )
+    _name = f"{_method}/{{cand}}" if swept(CFG, _method) else _method
+
+    rule:
+        name:
+            f"{_method}_candidate" if swept(CFG, _method) else _method
+        input:
+            init=model_inputs(CFG, _init),
+            train=[data_file(CFG, p, "train") for p in CFG.data.puzzles],
+            val=[data_file(CFG, p, "val") for p in CFG.data.puzzles],
+        output:
+            model=directory(f"{_out}/model"),
+            metrics=f"{_out}/metrics.json",
+            log=f"{_out}/train_log.jsonl",
+        log:
+            f"{ROOT}/logs/models/{_name}.log",
+        benchmark:
+            f"{ROOT}/benchmarks/models/{_name}.tsv"
+        wildcard_constraints:
+            cand="c[0-9]+",
+        conda:
+            "../../envs/mgsd.yaml"
+        resources:
+            **gpu_resources(CFG, _method),
+        params:
+            stage=_method,
+            cfg=(
+                lambda wc, m=_method: (
+                    candidate_config(CFG, m, wc.cand)
+                    if swept(CFG, m)
+                    else section_json(getattr(CFG, m))
+                )
+            ),
+            init=lambda wc, i=_init: model_ref(CFG, i),
+            style=CFG.backbone.prompt_style,
+            work=lambda wc, w=_work: w.format(cand=getattr(wc, "cand", "")),
+            launch=launcher(CFG, _method),
+        shell:
+            SFT_SHELL
+
+    if swept(CFG, _method):
+
+        rule:
+            name:
+                f"{_method}_select"
+            input:
+                [
+                    f"{ROOT}/models/{_method}/sweep/{c}/{f}"
+                    for c in candidates(CFG, _method)
+                    for f in ("model", "metrics.json", "train_log.jsonl")
+                ],
+            output:
+                model=directory(f"{ROOT}/models/{_method}/model"),
+                metrics=f"{ROOT}/models/{_method}/metrics.json",
+                log=f"{ROOT}/models/{_method}/train_log.jsonl",
+                chosen=f"{ROOT}/models/{_method}/config.json",
+                sweep=f"{ROOT}/models/{_method}/sweep.json",
+            log:
+                f"{ROOT}/logs/models/{_method}_select.log",
+            localrule: True
+            params:
+                candidates=[
+                    f"{ROOT}/models/{_method}/sweep/{c}"
+                    for c in candidates(CFG, _method)
+                ],
+                metric=SELECT_ON[_method],
+                swept_keys=" ".join(CFG.sweep[_method]),
+                out=f"{ROOT}/models/{_method}",
+            shell:
+                "mgsd select --candidates {params.candidates:q} --metric {params.metric:q}"
+                " --keys {params.swept_keys} --out {params.out:q} > {log:q} 2>&1"

@@ -39,6 +39,7 @@ EVAL_SCHEMA = pa.schema(
         ("puzzle", pa.string()),
         ("level", pa.int32()),
         ("method", pa.string()),
+        ("replicate", pa.int32()),  # 0, or k for the method trained with seed + k
         ("condition", pa.string()),
         ("prompt", pa.string()),
         ("reply", pa.string()),

@@ -75,6 +75,7 @@ def evaluate(
     condition: str,
     cfg: EvaluateConfig,
     style: str,
+    replicate: int = 0,
 ) -> list[dict]:
     task = CONDITION_TASK[condition]
     rows = []
@@ -98,6 +99,7 @@ def evaluate(
                     "puzzle": inst.puzzle,
                     "level": inst.level,
                     "method": method,
+                    "replicate": replicate,
                     "condition": condition,
                     "prompt": json.dumps(ex.messages),
                     "reply": reply,
@@ -140,6 +142,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--model", required=True, help="model folder or hub id")
     ap.add_argument("--method", required=True, help="method name written into the records")
+    ap.add_argument(
+        "--replicate", type=int, default=0, help="which seed of the method (0: its first run)"
+    )
     ap.add_argument("--data", required=True, nargs="+", help="test Parquet files (one per puzzle)")
     ap.add_argument(
         "--conditions",
@@ -174,13 +179,22 @@ def main(argv: list[str]) -> int:
         puzzle = insts[0].puzzle
         for cond in args.conditions:
             with torch.inference_mode():
-                rows = evaluate(model, processor, insts, args.method, cond, cfg, args.prompt_style)
+                rows = evaluate(
+                    model, processor, insts, args.method, cond, cfg, args.prompt_style,
+                    args.replicate,
+                )  # fmt: skip
             target = out_dir / puzzle / f"{cond}.parquet"
             records.write_eval(rows, target)
             stats = summary(rows)
             write_atomic_json(
                 target.with_suffix(".json"),
-                {"method": args.method, "puzzle": puzzle, "condition": cond, **stats},
+                {
+                    "method": args.method,
+                    "replicate": args.replicate,
+                    "puzzle": puzzle,
+                    "condition": cond,
+                    **stats,
+                },  # fmt: skip
             )
             print(
                 f"{args.method} {puzzle} {cond}: SR {stats['success']:.3f} "

@@ -53,7 +53,15 @@ def load_records(paths: Iterable[str | Path]) -> pd.DataFrame:
         table = read_table(path, EVAL_SCHEMA)  # names the file and any missing column
         if table.num_rows == 0:
             raise RecordError(f"{path}: no evaluation records (empty file)")
-        for col in (*_BOOL_COLUMNS, "progress_rate", "level", "id", "puzzle", "method"):
+        for col in (
+            *_BOOL_COLUMNS,
+            "progress_rate",
+            "level",
+            "id",
+            "puzzle",
+            "method",
+            "replicate",
+        ):
             if table.column(col).null_count:
                 raise RecordError(
                     f"{path}: column {col!r} has {table.column(col).null_count} nulls"
@@ -69,7 +77,7 @@ def load_records(paths: Iterable[str | Path]) -> pd.DataFrame:
     if not frames:
         raise RecordError("no evaluation record files given")
     df = pd.concat(frames, ignore_index=True)
-    key = ["method", "condition", "puzzle", "id"]
+    key = ["method", "replicate", "condition", "puzzle", "id"]
     dup = df[df.duplicated(key, keep=False)]
     if len(dup):
         first = dup.iloc[0]
@@ -81,6 +89,7 @@ def load_records(paths: Iterable[str | Path]) -> pd.DataFrame:
     for col in _BOOL_COLUMNS:
         df[col] = df[col].astype(bool)
     df["level"] = df["level"].astype(int)
+    df["replicate"] = df["replicate"].astype(int)
     df["progress_rate"] = df["progress_rate"].astype(float)
     df["illegal_kind"] = df["illegal_kind"].fillna("").astype(str)
     df["state_fields"] = df["state_fields"].fillna("{}").astype(str)

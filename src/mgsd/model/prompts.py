@@ -9,7 +9,9 @@ the messages only hold its placeholder ``{"type": "image"}``):
 - `student_messages`: picture -> plan (the task);
 - `symbolic_messages`: the state as text (and, for the distillation teacher, the reference
   plan) -> plan: the symbolic upper bound and the teacher's prompt;
-- `grounding_messages`: picture -> state text (MGSD stage 1).
+- `grounding_messages`: picture -> state text (MGSD stage 1);
+- `perception_messages`: picture + a generic question -> a short answer (stage 0 of scratch
+  backbones: reading pictures in another wording than the task's).
 
 Replies (DESIGN.md section 4) start with the recovered state (`describe(state)`), then at most
 one line of reasoning, then ``<answer>...</answer>``; `parse_stated_state` reads the state back
@@ -191,6 +193,20 @@ def grounding_messages(puzzle_name: str, style: str) -> list[dict]:
     return _user(text, image=True)
 
 
+def perception_messages(puzzle_name: str, question: str, style: str) -> list[dict]:
+    """Picture + one generic question about it (stage 0 of scratch backbones): the wording and
+    the answer format are not the task's, as in an instruct model's general picture Q/A."""
+    _check_style(style)
+    _module(puzzle_name)
+    if style == "compact":
+        return _user(f"{puzzle_name}: picture. Question: {question}", image=True)
+    text = (
+        f"The picture shows one instance of this puzzle. {_RULES[puzzle_name]}\n"
+        f"{_PICTURE[puzzle_name]}\n{question} Answer in a few words."
+    )
+    return _user(text, image=True)
+
+
 # ---------------------------------------------------------------- replies
 
 
@@ -277,6 +293,9 @@ def tokenizer_corpus() -> list[str]:
                 corpus.append(_message_text(symbolic_messages(name, state, "compact", plan)))
                 corpus.append(reply_text(name, state, "compact"))
                 corpus.append(reply_text(name, state, "instruct"))
+                for question, answer in module.questions(state)[:6]:
+                    corpus.append(_message_text(perception_messages(name, question, "compact")))
+                    corpus.append(answer)
         state = module.generate(max(4, lo), 0)
         corpus.append(
             _message_text(symbolic_messages(name, state, "instruct", module.solve(state)))

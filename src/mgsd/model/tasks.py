@@ -8,6 +8,11 @@
 | `grounding` | picture + grounding prompt (MGSD stage 1) | the state text |
 | `grounding_student` | picture + student prompt (stage 1, `grounding_prompt: student`) | the state, no end of turn |
 | `oracle` | picture + student prompt, the true state forced as the reply's start | the plan |
+| `perception` | picture + one generic question (stage 0 of scratch backbones) | a short answer |
+
+A supervised stage trains one task, or a seeded mixture of them (`Mixture`, the stage's `mix`
+config): each example of a batch draws its task by weight, from all training instances or from
+a task's own pool (the smallest sides only, or a capped number of instances).
 """
 
 from __future__ import annotations
@@ -21,11 +26,17 @@ import numpy as np
 from PIL import Image
 
 from mgsd import puzzles
+from mgsd.config import TASKS
 from mgsd.data import records
 from mgsd.model import prompts
 from mgsd.model.batching import Example
 
-STAGE_TASK = {"symbolic_pretrain": "symbolic", "grounding": "grounding", "sft_direct": "student"}
+STAGE_TASK = {
+    "symbolic_pretrain": "symbolic",
+    "grounding": "grounding",
+    "sft_direct": "student",
+    "grounding_sft": "student",
+}
 
 
 def stage_task(stage: str, grounding_prompt: str = "grounding") -> str:
@@ -35,7 +46,12 @@ def stage_task(stage: str, grounding_prompt: str = "grounding") -> str:
     return STAGE_TASK[stage]
 
 
-CONDITION_TASK = {"image": "student", "text": "symbolic", "image_oracle_state": "oracle"}
+CONDITION_TASK = {
+    "image": "student",
+    "text": "symbolic",
+    "image_oracle_state": "oracle",
+    "teacher": "teacher",
+}
 
 
 @dataclass(frozen=True)
@@ -80,15 +96,26 @@ def validation_set(insts: list[Instance], n: int, seed: int) -> list[Instance]:
 
 
 def make_example(
-    task: str, inst: Instance, style: str, with_reply: bool = True, end: bool = True
+    task: str,
+    inst: Instance,
+    style: str,
+    with_reply: bool = True,
+    end: bool = True,
+    variant: int = 0,
 ) -> Example:
     """The model input (and, for training, the target reply) of `inst` under `task`.
 
     `end=False` (grounding only) makes the target the state text as the start of a reply,
     without the end of the turn: the model learns to read the state and is not taught to stop
-    there, so it goes on with the plan it learnt as the base model.
+    there, so it goes on with the plan it learnt as the base model. `variant` picks the
+    question of the `perception` task.
     """
     p, s = inst.puzzle, inst.state
+    if task == "perception":
+        qa = puzzles.get(p).questions(s)
+        question, answer = qa[variant % len(qa)]
+        msgs = prompts.perception_messages(p, question, style)
+        return Example(msgs, answer if with_reply else None, inst.image)
     full = prompts.reply_text(p, s, style)
     if task == "student":
         return Example(prompts.student_messages(p, style), full if with_reply else None, inst.image)
@@ -108,16 +135,81 @@ def make_example(
         prefix = prompts.state_prefix(p, s)
         reply = full[len(prefix) :] if with_reply else None
         return Example(prompts.student_messages(p, style), reply, inst.image, prefix=prefix)
-    raise ValueError(
-        f"unknown task {task!r} (student, symbolic, teacher, grounding, grounding_student, oracle)"
-    )
+    raise ValueError(f"unknown task {task!r} ({', '.join(TASKS)})")
 
 
-def task_success(task: str, inst: Instance, reply: str) -> bool:
-    """Greedy validation success: the right state for grounding, a solved puzzle otherwise."""
+def task_success(task: str, inst: Instance, reply: str, variant: int = 0) -> bool:
+    """Greedy validation success: the right state for grounding, the right answer for a
+    perception question, a solved puzzle otherwise."""
     p = puzzles.get(inst.puzzle)
+    if task == "perception":
+        qa = p.questions(inst.state)
+        return reply.strip() == qa[variant % len(qa)][1]
     if task in ("grounding", "grounding_student"):
         stated = prompts.parse_stated_state(inst.puzzle, reply + "\n<answer></answer>")
         truth = p.field_values(inst.state)
         return all(stated.get(k) == v for k, v in truth.items())
     return p.score(inst.state, reply).success
+
+
+# ---------------------------------------------------------------- mixtures of tasks
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One example of a batch: its task, its training instance, its variant (question)."""
+
+    task: str
+    index: int
+    variant: int
+
+
+class Mixture:
+    """The tasks of a stage and how each example of a batch draws one, a function of
+    (seed, step): `slots(ids, step)` maps the batch's instance indices to `Slot`s.
+
+    `mix` maps a task to an entry with `weight`, `sides` (draw only from the N smallest sides
+    of each puzzle; 0: all) and `instances` (draw from at most N instances, a seeded sample;
+    0: all). An empty mix is the stage's one task.
+    """
+
+    def __init__(self, mix: dict, default_task: str, insts: list[Instance], seed: int):
+        entries = {t: e for t, e in mix.items() if e.weight > 0} if mix else {}
+        if not entries:
+            self.tasks, self.weights = [default_task], np.ones(1)
+            self.pools: dict[str, list[int] | None] = {default_task: None}
+        else:
+            self.tasks = sorted(entries)
+            w = np.array([entries[t].weight for t in self.tasks], dtype=np.float64)
+            self.weights = w / w.sum()
+            self.pools = {t: _pool(insts, entries[t], seed, t) for t in self.tasks}
+        self.seed = seed
+
+    def slots(self, ids: list[int], step: int) -> list[Slot]:
+        rng = np.random.default_rng([self.seed, step, 0x6D6978])
+        picks = rng.choice(len(self.tasks), size=len(ids), p=self.weights)
+        variants = rng.integers(0, 2**31, size=len(ids))
+        out = []
+        for i, k, v in zip(ids, picks, variants, strict=True):
+            task, pool = self.tasks[k], self.pools[self.tasks[k]]
+            out.append(Slot(task, i if pool is None else pool[i % len(pool)], int(v)))
+        return out
+
+
+def _pool(insts: list[Instance], entry, seed: int, task: str) -> list[int] | None:
+    """The instance indices a task draws from (None: all)."""
+    if not entry.sides and not entry.instances:
+        return None
+    keep = list(range(len(insts)))
+    if entry.sides:
+        levels: dict[str, set[int]] = {}
+        for x in insts:
+            levels.setdefault(x.puzzle, set()).add(x.level)
+        small = {p: set(sorted(lv)[: entry.sides]) for p, lv in levels.items()}
+        keep = [i for i in keep if insts[i].level in small[insts[i].puzzle]]
+    if entry.instances and len(keep) > entry.instances:
+        order = np.random.default_rng([seed, *task.encode()]).permutation(len(keep))
+        keep = sorted(keep[j] for j in order[: entry.instances])
+    if not keep:
+        raise ValueError(f"mix: task {task!r} has no training instance to draw from")
+    return keep

@@ -287,6 +287,25 @@ def read_fields(text: Any, scalars: dict[str, str], cell_lists: Sequence[str]) -
 # ---------------------------------------------------------------- canonical dicts
 
 
+# ---------------------------------------------------------------- perception questions
+
+
+def say_cell(pos: Pos) -> str:
+    """A cell in the words of the perception questions (not the reply's ``r c`` form)."""
+    return f"row {pos[0]}, column {pos[1]}"
+
+
+def size_question(level: int) -> tuple[str, str]:
+    return "How many rows and columns does the grid have?", f"{level} by {level}"
+
+
+def where_question(thing: str, pos: Pos) -> tuple[str, str]:
+    return f"Where is {thing}?", say_cell(pos).capitalize()
+
+
+# ---------------------------------------------------------------- canonical dicts
+
+
 def state_hash(canonical: dict) -> str:
     """sha1 of the canonical dict as sorted, compact JSON."""
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))

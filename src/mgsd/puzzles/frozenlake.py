@@ -197,6 +197,25 @@ def parse_description(text: str) -> dict:
     return base.read_fields(text, {"start": "start", "goal": "goal"}, ("holes",))
 
 
+_TILE_WORDS = {"S": "the start, where the agent stands", "F": "ice", "H": "a hole", "G": "the goal"}
+
+
+def questions(state: State) -> list[tuple[str, str]]:
+    """Generic questions about the picture and their answers, in words that are not the
+    reply's: the size, the start and the goal, the number of holes, every cell."""
+    holes = len(state.cells("H"))
+    qa = [
+        base.size_question(state.level),
+        base.where_question("the agent", state.start),
+        base.where_question("the goal", state.goal),
+        ("How many holes are in the ice?", str(holes)),
+    ]
+    for r, row in enumerate(state.grid):
+        for c, letter in enumerate(row):
+            qa.append((f"What is at {base.say_cell((r, c))}?", _TILE_WORDS[letter].capitalize()))
+    return qa
+
+
 # ---------------------------------------------------------------- plans
 
 

@@ -228,6 +228,27 @@ def parse_description(text: str) -> dict:
     return out
 
 
+_WALL_WORDS = {"U": "top", "D": "bottom", "L": "left", "R": "right"}
+
+
+def questions(state: State) -> list[tuple[str, str]]:
+    """Generic questions about the picture and their answers, in words that are not the
+    reply's: the size, the start and the goal, and the walls around every cell."""
+    qa = [
+        base.size_question(state.level),
+        base.where_question("the yellow disc", state.start),
+        base.where_question("the blue disc", state.goal),
+    ]
+    for r, row in enumerate(state.passages):
+        for c, code in enumerate(row):
+            walls = [_WALL_WORDS[a] for a in ACTIONS if a not in code]
+            qa.append(
+                (f"Which sides of the cell at {base.say_cell((r, c))} have a wall?",
+                 ", ".join(walls).capitalize() or "None")
+            )  # fmt: skip
+    return qa
+
+
 # ---------------------------------------------------------------- plans
 
 

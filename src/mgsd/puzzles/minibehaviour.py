@@ -200,6 +200,27 @@ def parse_description(text: str) -> dict:
     return base.read_fields(text, {"agent": "agent", "printer": "printer"}, ("table",))
 
 
+def questions(state: State) -> list[tuple[str, str]]:
+    """Generic questions about the picture and their answers, in words that are not the
+    reply's: the size, the agent, the printer, the table's corner, every cell."""
+    table = set(state.table)
+    qa = [
+        base.size_question(state.level),
+        base.where_question("the agent", state.agent),
+        base.where_question("the printer", state.printer),
+        base.where_question("the top-left cell of the table", min(state.table)),
+    ]
+    for r in range(state.level):
+        for c in range(state.level):
+            pos = (r, c)
+            what = (
+                "The agent" if pos == state.agent else "The printer" if pos == state.printer
+                else "Part of the table" if pos in table else "Floor"
+            )  # fmt: skip
+            qa.append((f"What is at {base.say_cell(pos)}?", what))
+    return qa
+
+
 # ---------------------------------------------------------------- plans
 
 

@@ -85,7 +85,18 @@ PANELS = (
         [("distill/teacher_logprob", "-", "teacher"), ("distill/student_logprob", "--", "student")],
     ),
     ("Validation success", "success rate (%)", [("val/success", "-", "greedy")]),
+    (
+        "Distillation: samples that parse",
+        "parse rate (%)",
+        [("distill/parse_rate", "-", "sampled replies")],
+    ),
+    (
+        "Distillation: mass on ids never sampled",
+        "dead mass (probability)",
+        [("distill/dead_mass", "-", "raw student")],
+    ),
 )
+PERCENT = ("val/success", "distill/parse_rate")  # logged as fractions, plotted in percent
 
 
 def figure_files(formats: Iterable[str] = ("png", "pdf")) -> list[str]:
@@ -298,7 +309,7 @@ def _curve(ax, x: pd.Series, y: pd.Series, color: str, ls: str) -> None:
 
 
 def training_curves(logs: dict[str, pd.DataFrame]) -> Figure:
-    fig, axes = _new(2, 10.5, 6.4, nrows=2)
+    fig, axes = _new(3, 14.5, 6.4, nrows=2)
     fig.suptitle("Training curves")
     shown: list[str] = []
     for ax, (title, ylabel, keys) in zip(axes, PANELS, strict=True):
@@ -312,7 +323,7 @@ def training_curves(logs: dict[str, pd.DataFrame]) -> Figure:
                 pts = log[["step", key]].apply(pd.to_numeric, errors="coerce").dropna()
                 if pts.empty:
                     continue
-                y = pts[key] * (100 if key == "val/success" else 1)  # logged as a fraction
+                y = pts[key] * (100 if key in PERCENT else 1)
                 _curve(ax, pts["step"], y, method_color(method.split(" #")[0]), ls)
                 drawn.add(key)
                 shown += [method] if method not in shown else []
@@ -357,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         if bad := [f for f in cfg.formats if f not in FORMATS]:
             raise ValueError(f"plots.formats: unknown format {bad[0]!r} ({', '.join(FORMATS)})")
         df = metrics.load_records(args.records)
+        df = df[df["replicate"] == 0]  # each method's first seed, as in the tables
         logs = load_train_logs(args.train_logs)
     except ValueError as e:  # ConfigError, RecordError, bad logs: the message names the culprit
         print(f"mgsd plots: {e}", file=sys.stderr)

@@ -36,13 +36,14 @@ METHOD_COLORS = {
     "symbolic": OKABE_ITO["black"],
     "sft_direct": OKABE_ITO["orange"],
     "grounding": OKABE_ITO["sky_blue"],
+    "grounding_sft": "#1F5F8B",  # a darker sky blue: grounding, then more supervision
     "opd_only": OKABE_ITO["bluish_green"],
     "mgsd": OKABE_ITO["vermillion"],
     "mgsd_no_plan": OKABE_ITO["blue"],
     "mgsd_full_kl": OKABE_ITO["reddish_purple"],
     "mgsd_teacher_grounded": OKABE_ITO["yellow"],
 }
-METHOD_MARKERS = dict(zip(METHODS, ("o", "*", "s", "^", "v", "D", "P", "X", "h"), strict=True))
+METHOD_MARKERS = dict(zip(METHODS, ("o", "*", "s", "^", "<", "v", "D", "P", "X", "h"), strict=True))
 
 # Bars of one method under the three conditions: same colour, fading and hatched toward text.
 CONDITION_STYLES = {

@@ -9,11 +9,19 @@ plus tables_config.json (the section used):
 - main: methods x puzzles, SR / EM / PR and their macro average over puzzles, image input; the
   `symbolic` row is `base` given the text state (the symbolic upper bound).
 - per_level: the same per puzzle and side N.
-- ablations: mgsd, its ablations and opd_only, with paired deltas to mgsd.
+- ablations: mgsd, its ablations, opd_only, grounding and the supervised comparisons
+  (grounding_sft, sft_direct), with paired deltas to mgsd.
 - modality_gap: per method SR under image, image_oracle_state and text; perception gap =
   oracle - image, remaining gap = text - oracle.
 - perception: per method and puzzle, state recovery accuracy per field and all-correct (image).
 - errors: failures split into perception and planning errors (`mgsd.eval.metrics`), image input.
+- premise: the base model on the validation split (`--premise` records), before any method: SR
+  given the state as text and given the teacher's prompt (state + reference plan), SR and parse
+  rate from the picture, its perception, and SR with the true state forced (image_oracle_state);
+  checked against the shape of the paper's premise (`PREMISE_TARGETS`).
+- seeds: methods trained with several seeds (config `replicates`): macro SR / EM / PR of each
+  seed, their mean and a t-interval across seeds. Every other table uses each method's first
+  seed (replicate 0).
 
 CSV files are tidy: one row per (method, puzzle[, side]), rates in percent, each CI bound in its
 own column (`sr`, `sr_lo`, `sr_hi`, ...). The md and tex files show each value as
@@ -37,9 +45,14 @@ from mgsd.eval import metrics
 from mgsd.eval.metrics import METRICS
 from mgsd.report.style import NA, Table, atomic_write_text, pct, pct_ci, write_table
 
-TABLES = ("main", "per_level", "ablations", "modality_gap", "perception", "errors")
+TABLES = (
+    "main", "per_level", "ablations", "modality_gap", "perception", "errors", "premise", "seeds"
+)  # fmt: skip
 FORMATS = ("csv", "md", "tex")
-ABLATIONS = ("mgsd", "mgsd_no_plan", "mgsd_full_kl", "mgsd_teacher_grounded", "opd_only")
+ABLATIONS = (
+    "mgsd", "mgsd_no_plan", "mgsd_full_kl", "mgsd_teacher_grounded", "opd_only", "grounding",
+    "grounding_sft", "sft_direct",
+)  # fmt: skip
 GAPS = {
     "perception_gap": ("image_oracle_state", "image"),
     "remaining_gap": ("text", "image_oracle_state"),
@@ -49,6 +62,21 @@ MACRO = "macro"
 SHORT = {"success": "sr", "exact_match": "em", "progress_rate": "pr", "parsed": "parse"}
 LABEL = {"success": "SR", "exact_match": "EM", "progress_rate": "PR"}
 NO_IMAGE = "no image records: no method was evaluated under the image condition"
+# the paper's premise (a pretrained instruct VLM): plans well from text, poorly from pictures,
+# reads some of the picture; (condition, metric, low, high) on the macro row, in percent
+PREMISE_TARGETS = (
+    ("text", "success", 70, 100),
+    ("image", "success", 5, 25),
+    ("image", "parsed", 80, 100),
+    ("teacher", "success", 90, 100),
+)
+PREMISE_COLUMNS = (  # (condition, metric, header)
+    ("text", "success", "SR text"),
+    ("teacher", "success", "SR teacher"),
+    ("image", "success", "SR image"),
+    ("image", "parsed", "parse image"),
+    ("image_oracle_state", "success", "SR image + oracle state"),
+)
 
 
 def table_files() -> list[str]:
@@ -356,6 +384,129 @@ def errors_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
     )
 
 
+def premise_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
+    """The base model's premise from its validation records (conditions as in PREMISE_COLUMNS)."""
+    base = df[df["method"] == "base"] if len(df) else df
+    stats = _per_and_macro(base, ["condition"], cfg) if len(base) else pd.DataFrame()
+    at = _lookup(stats, ["condition", "puzzle"]) if len(stats) else {}
+    seeing = base[base["condition"] == "image"] if len(base) else base
+    seen = metrics.perception(seeing, ["puzzle"]) if len(seeing) else pd.DataFrame()
+    puzzles = _unique(base, "puzzle") + ([MACRO] if len(base) else [])
+    rows, tidy = [], []
+    for p in puzzles:
+        cells, record = [], {"puzzle": p}
+        for cond, col, _ in PREMISE_COLUMNS:
+            r = at.get((cond, p))
+            cells.append(_cell(r, col))
+            key = f"{SHORT[col]}_{cond}"
+            for suffix in ("", "_lo", "_hi"):
+                record[key + suffix] = NA if r is None else 100 * float(r[f"{col}{suffix}"])
+        if p == MACRO:
+            right = seen["state_correct"].mean() if len(seen) else None
+            fields = "-"
+        else:
+            mine = seen[seen["puzzle"] == p] if len(seen) else seen
+            right = float(mine["state_correct"].iloc[0]) if len(mine) else None
+            names = [c for c in mine.columns if c.startswith("field/")] if len(mine) else []
+            fields = ", ".join(
+                f"{c.removeprefix('field/')} {pct(mine[c].iloc[0])}"
+                for c in names
+                if pd.notna(mine[c].iloc[0])
+            )
+        record["state_correct"] = NA if right is None else 100 * float(right)
+        n = at.get(("image", p))
+        rows.append([p, NA if n is None else str(int(n["n"])), *cells, pct(right), fields or "-"])
+        tidy.append(record)
+    notes = []
+    if len(base):
+        for cond, col, lo, hi in PREMISE_TARGETS:
+            r = at.get((cond, MACRO))
+            if r is None:
+                notes.append(f"target {cond} {LABEL.get(col, col)} {lo}-{hi}: no {cond} records")
+                continue
+            v = 100 * float(r[col])
+            verdict = "met" if lo <= v <= hi else "NOT met"
+            what = "parse rate" if col == "parsed" else LABEL[col]
+            notes.append(f"target {cond} {what} {lo}-{hi}%: {v:.1f} ({verdict})")
+    else:
+        notes.append("no premise records: the base model was not evaluated on the validation split")
+    return Table(
+        "Premise",
+        _caption(
+            cfg,
+            "The base model on the validation split, before any method: SR given the state as "
+            "text, given the teacher's prompt (state and reference plan), and from the picture "
+            "(with its parse rate, the share of states read entirely right and each field's "
+            "accuracy), and SR with the true state forced as the start of the reply.",
+        ),
+        pd.DataFrame(tidy),
+        [("", "puzzle"), ("", "n")]
+        + [("", h) for *_, h in PREMISE_COLUMNS]
+        + [("perception", "all right"), ("perception", "fields")],
+        rows,
+        notes,
+    )
+
+
+# two-sided 97.5% quantiles of Student's t (a 95% interval), by degrees of freedom
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+         9: 2.262, 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}  # fmt: skip
+
+
+def _t_quantile(dof: int, confidence: float) -> tuple[float, str]:
+    """The t quantile of a two-sided interval and a note when it is an approximation."""
+    if abs(confidence - 0.95) < 1e-9:
+        return _T975[max(k for k in _T975 if k <= dof)], "" if dof in _T975 else "(t rounded down)"
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + confidence / 2), "(normal quantile: t known only for 95%)"
+
+
+def seeds_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
+    """Macro SR / EM / PR per seed of each replicated method, mean and t-interval across seeds."""
+    image = metrics.image_records(df) if len(df) else df
+    counts = image.groupby("method")["replicate"].nunique() if len(image) else pd.Series(dtype=int)
+    methods = [m for m in _unique(image, "method") if counts.get(m, 0) > 1]
+    rows, tidy, notes = [], [], []
+    width = max((int(counts[m]) for m in methods), default=0)
+    for m in methods:
+        mine = image[image["method"] == m]
+        per_seed = metrics.macro(mine, ["replicate"]).sort_values("replicate")  # no bootstrap
+        record, cells = {"method": m, "seeds": len(per_seed)}, []
+        for c in METRICS:
+            values = per_seed[c].astype(float).to_numpy()
+            mean, sd = float(values.mean()), float(values.std(ddof=1))
+            q, note = _t_quantile(len(values) - 1, cfg.confidence)
+            half = q * sd / len(values) ** 0.5
+            record.update(
+                {f"{SHORT[c]}_mean": 100 * mean, f"{SHORT[c]}_sd": 100 * sd,
+                 f"{SHORT[c]}_lo": 100 * (mean - half), f"{SHORT[c]}_hi": 100 * (mean + half)}
+            )  # fmt: skip
+            if c == "success":
+                for k, v in zip(per_seed["replicate"], values, strict=True):
+                    record[f"sr_seed{int(k)}"] = 100 * float(v)
+                cells += [pct(v) for v in values] + [NA] * (width - len(values))
+            cells.append(pct_ci(mean, mean - half, mean + half))
+            if note and note not in notes:
+                notes.append(note)
+        rows.append([m, str(len(per_seed)), *cells])
+        tidy.append(record)
+    if not methods:
+        notes.append("no method was trained with more than one seed (config replicates)")
+    return Table(
+        "Seeds",
+        "Macro SR per seed (image input, percent) of the methods trained with several seeds, "
+        f"and the mean of macro SR / EM / PR over seeds with a {100 * cfg.confidence:g}% "
+        "t-interval across seeds (seed-to-seed spread, not test-set noise).",
+        pd.DataFrame(tidy),
+        [("", "method"), ("", "seeds")]
+        + [("macro SR", f"seed {k}") for k in range(width)]
+        + [("mean over seeds", LABEL[c]) for c in METRICS],
+        rows,
+        notes,
+    )
+
+
 BUILDERS = {
     "main": main_table,
     "per_level": per_level_table,
@@ -363,27 +514,40 @@ BUILDERS = {
     "modality_gap": modality_gap_table,
     "perception": perception_table,
     "errors": errors_table,
+    "premise": premise_table,
+    "seeds": seeds_table,
 }
 
 
-def build_tables(df: pd.DataFrame, cfg: TablesConfig) -> dict[str, Table]:
-    return {name: BUILDERS[name](df, cfg) for name in TABLES}
+def build_tables(
+    df: pd.DataFrame, cfg: TablesConfig, premise: pd.DataFrame | None = None
+) -> dict[str, Table]:
+    """Every table; `premise` are the base model's validation records (empty if None). The
+    seeds table reads every replicate, the others each method's first seed."""
+    premise = df.iloc[:0] if premise is None else premise
+    first = df[df["replicate"] == 0] if len(df) else df
+    inputs = {"premise": premise, "seeds": df}
+    return {name: BUILDERS[name](inputs.get(name, first), cfg) for name in TABLES}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mgsd tables", description=__doc__.splitlines()[0])
     ap.add_argument("--records", nargs="+", required=True, help="evaluation record Parquet files")
+    ap.add_argument(
+        "--premise", nargs="*", default=[], help="the base model's validation records (premise)"
+    )
     ap.add_argument("--config", default="{}", help="JSON of the tables config section (or @FILE)")
     ap.add_argument("--out", required=True, help="folder for the tables")
     args = ap.parse_args(argv)
     try:
         cfg = load_section(TablesConfig, args.config, "tables")
         df = metrics.load_records(args.records)
+        premise = metrics.load_records(args.premise) if args.premise else None
     except ValueError as e:  # ConfigError and RecordError: the message names the key or file
         print(f"mgsd tables: {e}", file=sys.stderr)
         return 1
     out = Path(args.out)
-    for name, table in build_tables(df, cfg).items():
+    for name, table in build_tables(df, cfg, premise).items():
         write_table(table, out, name)
     atomic_write_text(out / "tables_config.json", section_json(cfg) + "\n")
     return 0

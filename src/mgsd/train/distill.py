@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import time
 
@@ -292,6 +293,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
         "method": args.method,
         "steps": cfg.steps,
         "examples_seen": cfg.steps * cfg.batch_size * cfg.samples_per_prompt,
+        "seed": cfg.seed,
         "seconds": time.perf_counter() - t_start,
         **final,
         **{k: v for k, v in last.items() if k.startswith("distill/")},
@@ -330,6 +332,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the teacher's prompt includes the reference plan (the paper's default)",
     )
     ap.add_argument("--loss", default="sampled_reverse_kl", choices=LOSSES)
+    ap.add_argument(
+        "--seed-offset",
+        type=int,
+        default=0,
+        help="train with the config's seed + this (replicates of a method)",
+    )
     ap.add_argument("--train", required=True, nargs="+", help="training Parquet files")
     ap.add_argument("--val", required=True, nargs="+", help="validation Parquet files")
     ap.add_argument("--config", required=True, help="the distill section as JSON (or @file)")
@@ -347,6 +355,7 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         cfg = load_section(DistillConfig, args.config, "distill")
+        cfg = dataclasses.replace(cfg, seed=cfg.seed + args.seed_offset)
         metrics = train(args, cfg)
     except common.INPUT_ERRORS as e:
         print(f"mgsd distill: {e}", file=sys.stderr)

@@ -10,6 +10,11 @@ Stages (the task each trains is in `mgsd.model.tasks`):
   "base" model: the frozen teacher, the symbolic upper bound and the student's start.
 - `grounding` (MGSD stage 1): picture -> state text. LoRA or full fine-tuning.
 - `sft_direct` (baseline): picture -> state + optimal plan.
+- `grounding_sft` (ablation): as sft_direct, from the grounded model.
+
+A stage's `mix` trains several tasks at once (`mgsd.model.tasks.Mixture`): each example of a
+batch draws its task by weight, a function of (seed, step). The scratch backbones' stage 0
+(`symbolic_pretrain`) is such a mix; grounding mixes in text-planning replay.
 
 The loss is the token mean over the whole global batch (all micro-batches, all processes), so
 `accelerate launch --num_processes N` follows the same curve as one process. Checkpoints go to
@@ -20,6 +25,7 @@ same command resumes. LoRA adapters are merged at the end: the output is a plain
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -32,6 +38,7 @@ from mgsd.model.load import load_model, save_model
 from mgsd.model.lora import apply_lora, freeze_vision, merge_lora
 from mgsd.model.tasks import (
     STAGE_TASK,
+    Mixture,
     load_instances,
     make_example,
     stage_task,
@@ -45,12 +52,17 @@ def to_device(batch: dict, device) -> dict:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+TEXT_TASKS = ("symbolic", "teacher")  # tasks whose prompts hold no picture
+
+
 @torch.no_grad()
-def validate(model, processor, insts, task, style, cfg: TrainConfig, device) -> dict:
-    """Validation loss (token mean) and greedy success on `insts`."""
+def validate(model, processor, insts, task, style, cfg: TrainConfig, device, also=()) -> dict:
+    """Validation loss of `task` (token mean) and greedy success of `task` and of the tasks in
+    `also` (``val/<task>/success``) on `insts`."""
     model.eval()
-    total, tokens, wins = 0.0, 0, 0
+    total, tokens = 0.0, 0
     bs = max(1, cfg.batch_size // cfg.grad_accum)
+    wins = dict.fromkeys([task, *also], 0)
     for i in range(0, len(insts), bs):
         chunk = insts[i : i + bs]
         batch = to_device(
@@ -62,15 +74,21 @@ def validate(model, processor, insts, task, style, cfg: TrainConfig, device) -> 
         labels = batch.pop("labels")
         _, st = losses.sft_loss(model(**batch, use_cache=False).logits, labels)
         total, tokens = total + st["loss"] * st["tokens"], tokens + st["tokens"]
-        gens = generate(
-            model,
-            processor,
-            [make_example(task, x, style, with_reply=False) for x in chunk],
-            max_new_tokens=cfg.val_max_new_tokens,
-        )
-        wins += sum(task_success(task, x, g.text) for x, g in zip(chunk, gens, strict=True))
+        for t in wins:
+            examples = [
+                make_example(t, x, style, with_reply=False, variant=i + j)
+                for j, x in enumerate(chunk)
+            ]
+            gens = generate(model, processor, examples, max_new_tokens=cfg.val_max_new_tokens)
+            wins[t] += sum(
+                task_success(t, x, g.text, variant=i + j)
+                for j, (x, g) in enumerate(zip(chunk, gens, strict=True))
+            )
     model.train()
-    return {"val/loss": total / max(tokens, 1), "val/success": wins / max(len(insts), 1)}
+    n = max(len(insts), 1)
+    out = {"val/loss": total / max(tokens, 1), "val/success": wins[task] / n}
+    out.update({f"val/{t}/success": w / n for t, w in wins.items() if t != task})
+    return out
 
 
 def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
@@ -78,10 +96,15 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     acc = common.setup(cfg.seed)
     train_set = load_instances(args.train)
     val_set = validation_set(load_instances(args.val), cfg.val_instances, cfg.seed)
+    mixture = Mixture(cfg.mix, task, train_set, cfg.seed)
+    # greedy validation of every task trained, and of the real task whenever pictures are seen
+    pictures = any(t not in TEXT_TASKS for t in mixture.tasks)
+    also = [t for t in dict.fromkeys([*mixture.tasks, "student"]) if t != task]
+    also = [t for t in also if pictures or t in TEXT_TASKS]
     model, processor = load_model(args.init, device=acc.device, trainable=True)
-    # a text-only task gives the vision tower no gradient, which DDP refuses (and a
-    # single process would leave it unchanged anyway): freeze it
-    train_vision = cfg.train_vision and task != "symbolic"
+    # text-only tasks give the vision tower no gradient, which DDP refuses (and a single
+    # process would leave it unchanged anyway): freeze it
+    train_vision = cfg.train_vision and pictures
     if cfg.finetune == "lora":
         model = apply_lora(model, cfg.lora, train_vision)
     elif not train_vision:
@@ -112,20 +135,22 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
         )
     t_start, last = time.perf_counter(), {}
     for step in range(start, cfg.steps):
-        ids = common.shard(
-            common.batch_indices(len(train_set), cfg.batch_size, cfg.seed, step),
+        slots = common.shard(
+            mixture.slots(
+                common.batch_indices(len(train_set), cfg.batch_size, cfg.seed, step), step
+            ),
             acc.process_index,
             acc.num_processes,
         )
-        batches = [
-            collate_train(
-                processor,
-                [
-                    make_example(task, train_set[i], args.style, end=cfg.supervise_end)
-                    for i in ids[j : j + micro]
-                ],
+        examples = [
+            make_example(
+                x.task, train_set[x.index], args.style, end=cfg.supervise_end, variant=x.variant
             )
-            for j in range(0, len(ids), micro)
+            for x in slots
+        ]
+        batches = [
+            collate_train(processor, examples[j : j + micro])
+            for j in range(0, len(examples), micro)
         ]
         # normalise by the reply tokens of the whole global batch: DDP averages gradients over
         # processes, so each process scales its share by the number of processes
@@ -137,7 +162,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
         for j, batch in enumerate(batches):
             batch = to_device(batch, acc.device)
             labels = batch.pop("labels")
-            ctx = acc.no_sync(model) if j < len(batches) - 1 else _null()
+            ctx = acc.no_sync(model) if j < len(batches) - 1 else contextlib.nullcontext()
             with ctx, acc.autocast(), common.explain_oom(args.stage):
                 loss, st = losses.sft_loss(model(**batch, use_cache=False).logits, labels)
                 acc.backward(loss * st["tokens"] / global_tokens * acc.num_processes)
@@ -160,7 +185,9 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
             last["train/grad_norm"] = float(grad_norm)
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
             if acc.is_main_process:
-                last.update(validate(raw, processor, val_set, task, args.style, cfg, acc.device))
+                last.update(
+                    validate(raw, processor, val_set, task, args.style, cfg, acc.device, also)
+                )
             acc.wait_for_everyone()
         if done % cfg.log_every == 0 or done == cfg.steps:
             log.log(done, {**last, **meter.stats()})
@@ -174,7 +201,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     stop.restore()  # main() may run inside another program (tests): give SIGTERM back
     final = {}
     if acc.is_main_process:
-        final = validate(raw, processor, val_set, task, args.style, cfg, acc.device)
+        final = validate(raw, processor, val_set, task, args.style, cfg, acc.device, also)
         log.log(cfg.steps, final)
         out = merge_lora(raw) if cfg.finetune == "lora" else raw
         save_model(
@@ -193,14 +220,6 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
         **final,
         **{k: v for k, v in last.items() if k.startswith("train/")},
     }
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

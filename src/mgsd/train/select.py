@@ -1,0 +1,120 @@
+"""`mgsd select`: keep the candidate of a sweep with the best validation score.
+
+    mgsd select --candidates results/R/models/mgsd/sweep/c0 results/R/models/mgsd/sweep/c1 \
+        --metric val/success --keys lr --out results/R/models/mgsd
+
+Each candidate folder holds what a training stage writes (``model/``, ``metrics.json``,
+``train_log.jsonl``). The candidate with the highest `--metric` in its ``metrics.json`` wins
+(a tie goes to the earlier candidate, i.e. the first value of the sweep); its files become
+``<out>/model``, ``<out>/metrics.json`` and ``<out>/train_log.jsonl`` (the model folder as
+hard links where the file system allows it, so no weights are copied), ``<out>/config.json`` is
+the winner's stage section (what replicates of the method train with) and ``<out>/sweep.json``
+lists every candidate with its swept keys and validation metrics. Only validation numbers are
+read: this is how the pipeline chooses settings without looking at a test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from mgsd.model.load import read_stage_info
+from mgsd.train.common import write_atomic_json
+
+
+class SelectError(ValueError):
+    """A candidate folder is incomplete or lacks the metric."""
+
+
+def read_candidate(folder: Path, metric: str, keys: list[str]) -> dict:
+    metrics_file = folder / "metrics.json"
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (OSError, ValueError) as e:
+        raise SelectError(f"cannot read {metrics_file}: {e}") from e
+    if not isinstance(metrics.get(metric), (int, float)):
+        have = ", ".join(k for k in metrics if k.startswith("val/")) or "none"
+        raise SelectError(f"{metrics_file} has no number {metric!r} (validation keys: {have})")
+    config = read_stage_info(folder / "model").get("config")
+    if not isinstance(config, dict):
+        raise SelectError(f"{folder / 'model'} records no stage config (mgsd_stage.json)")
+    missing = [k for k in keys if k not in config]
+    if missing:
+        raise SelectError(f"{folder / 'model'}: its config has no key {missing[0]!r}")
+    return {
+        "candidate": folder.name,
+        "settings": {k: config[k] for k in keys},
+        "score": float(metrics[metric]),
+        "validation": {k: v for k, v in metrics.items() if k.startswith("val/")},
+        "config": config,
+    }
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """`dst` as a copy of the folder `src`, made of hard links where possible, atomically."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        os.rmdir(tmp)
+
+        def link(a: str, b: str) -> None:
+            try:
+                os.link(a, b)
+            except OSError:  # another file system, or links not allowed: copy
+                shutil.copy2(a, b)
+
+        shutil.copytree(src, tmp, copy_function=link)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def select(candidates: list[Path], metric: str, keys: list[str], out: Path) -> dict:
+    rows = [read_candidate(c, metric, keys) for c in candidates]
+    best = max(range(len(rows)), key=lambda i: (rows[i]["score"], -i))
+    winner = candidates[best]
+    _link_tree(winner / "model", out / "model")
+    for name in ("metrics.json", "train_log.jsonl"):
+        shutil.copyfile(winner / name, out / f".{name}.tmp")
+        os.replace(out / f".{name}.tmp", out / name)
+    write_atomic_json(out / "config.json", rows[best]["config"])
+    summary = {
+        "metric": metric,
+        "chosen": rows[best]["candidate"],
+        "settings": rows[best]["settings"],
+        "candidates": [{k: v for k, v in r.items() if k != "config"} for r in rows],
+    }
+    write_atomic_json(out / "sweep.json", summary)
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="mgsd select",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--candidates", nargs="+", required=True, help="candidate folders, in order")
+    ap.add_argument("--metric", default="val/success", help="validation key to maximise")
+    ap.add_argument("--keys", nargs="*", default=[], help="the swept config keys (for the record)")
+    ap.add_argument("--out", required=True, help="folder of the method (model/, metrics.json, ...)")
+    args = ap.parse_args(argv)
+    try:
+        summary = select([Path(c) for c in args.candidates], args.metric, args.keys, Path(args.out))
+    except SelectError as e:
+        print(f"mgsd select: {e}", file=sys.stderr)
+        return 1
+    for row in summary["candidates"]:
+        mark = "*" if row["candidate"] == summary["chosen"] else " "
+        print(
+            f"{mark} {row['candidate']} {row['settings']} {summary['metric']} = {row['score']:.4f}"
+        )
+    return 0

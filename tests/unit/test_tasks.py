@@ -1,0 +1,78 @@
+"""Tasks and mixtures of tasks: what each example of a supervised stage's batch is."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from collections import Counter
+
+import pytest
+
+from mgsd import puzzles
+from mgsd.config import MixEntry
+from mgsd.model.tasks import Instance, Mixture, make_example, task_success
+
+
+def instances() -> list[Instance]:
+    out = []
+    for name, levels in (("frozenlake", (3, 4, 5)), ("maze", (3, 4)), ("minibehaviour", (5, 6))):
+        module = puzzles.get(name)
+        for level in levels:
+            for seed in range(20):
+                state = module.generate(level, seed)
+                out.append(
+                    Instance(
+                        f"{name}-{level}-{seed}", name, level, json.dumps(module.to_dict(state)),
+                        b"", module.format_answer(module.solve(state)),
+                    )
+                )  # fmt: skip
+    return out
+
+
+INSTS = instances()
+MIX = {
+    "symbolic": MixEntry(weight=0.5),
+    "perception": MixEntry(weight=0.3, instances=10),
+    "student": MixEntry(weight=0.2, sides=1),
+    "teacher": MixEntry(weight=0.0),
+}
+
+
+def test_no_mix_is_the_stage_task_on_every_instance():
+    slots = Mixture(None, "grounding", INSTS, 0).slots(list(range(30)), 7)
+    assert {s.task for s in slots} == {"grounding"} and [s.index for s in slots] == list(range(30))
+
+
+def test_mixture_is_a_function_of_seed_and_step_with_the_configured_shares():
+    ids = list(range(len(INSTS))) * 20
+    mix = Mixture(MIX, "symbolic", INSTS, seed=3)
+    assert mix.slots(ids, 5) == Mixture(MIX, "symbolic", INSTS, seed=3).slots(ids, 5)
+    assert mix.slots(ids, 5) != mix.slots(ids, 6)
+    shares = Counter(s.task for s in mix.slots(ids, 5))
+    assert "teacher" not in shares  # weight 0: never drawn
+    for task, entry in MIX.items():
+        if entry.weight:
+            assert shares[task] / len(ids) == pytest.approx(entry.weight, abs=0.02)
+
+
+def test_pools_keep_the_smallest_sides_and_cap_the_instances():
+    slots = Mixture(MIX, "symbolic", INSTS, seed=3).slots(list(range(len(INSTS))) * 5, 1)
+    small = {"frozenlake": 3, "maze": 3, "minibehaviour": 5}
+    student = {INSTS[s.index] for s in slots if s.task == "student"}
+    assert {(x.puzzle, x.level) for x in student} == {(p, lv) for p, lv in small.items()}
+    assert len({s.index for s in slots if s.task == "perception"}) == 10
+    everything = {s.index for s in slots if s.task == "symbolic"}
+    assert len(everything) > 0.9 * len(INSTS)
+
+
+def test_perception_examples_ask_one_question_and_score_its_answer():
+    picture = io.BytesIO()
+    puzzles.get(INSTS[3].puzzle).render(INSTS[3].state, 64).save(picture, format="PNG")
+    x = dataclasses.replace(INSTS[3], image_png=picture.getvalue())
+    qa = puzzles.get(x.puzzle).questions(x.state)
+    ex = make_example("perception", x, "compact", variant=len(qa) + 2)  # variants wrap around
+    question, answer = qa[2]
+    assert question in ex.messages[0]["content"][-1]["text"] and ex.reply == answer
+    assert task_success("perception", x, f" {answer}\n", variant=2)
+    assert not task_success("perception", x, "something else", variant=2)
