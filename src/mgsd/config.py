@@ -340,7 +340,8 @@ class Config:
         help="settings chosen on the validation split: per stage section (grounding, sft_direct, "
         "grounding_sft, distill) the values to try of some of its keys, e.g. {distill: {lr: "
         "[1e-5, 3e-5, 1e-4]}}; every combination is trained and the best validation success is "
-        "kept (each distillation method chooses its own). The test sets are never read.",
+        "kept (a distillation sweep tunes mgsd; its ablations and replicates train with mgsd's "
+        "choice). The test sets are never read.",
     )
     replicates: dict[str, int] = _f(
         {},

@@ -58,7 +58,8 @@ DISTILL_SETUPS = {
 # Supervised methods and the model each starts from (its stage is its config section).
 SFT_INITS = {"grounding": "base", "sft_direct": "base", "grounding_sft": "grounding"}
 TABLES = (
-    "main", "per_level", "ablations", "modality_gap", "perception", "errors", "premise", "seeds"
+    "main", "per_level", "ablations", "modality_gap", "perception", "errors", "premise", "seeds",
+    "training",
 )  # fmt: skip
 # the premise of the experiment, measured on the base model and the validation split
 PREMISE_CONDITIONS = ("image", "text", "image_oracle_state", "teacher")
@@ -113,13 +114,23 @@ def distill_setup(name: str) -> tuple[str, str, bool, str]:
     return DISTILL_SETUPS[split_replicate(name)[0]]
 
 
+# A distillation sweep tunes mgsd; its ablations (and every replicate) train with the settings
+# mgsd chose, so that each of them changes one thing only.
+SWEPT_DISTILL = "mgsd"
+
+
+def chosen_distill_config(cfg: Config, name: str) -> list[str]:
+    """The chosen-settings file a distillation job reads: mgsd's once its sweep has run (every
+    distillation job but mgsd's own candidates), else none."""
+    if swept(cfg, "distill") and name != SWEPT_DISTILL:
+        return [f"{cfg.root}/models/{SWEPT_DISTILL}/config.json"]
+    return []
+
+
 def distill_config_arg(cfg: Config, name: str) -> str:
-    """What `mgsd distill --config` gets: the section JSON, or (a replicate of a swept method)
-    the chosen candidate's config file, which exists only once the sweep has run."""
-    method, k = split_replicate(name)
-    if k and swept(cfg, "distill"):
-        return f"@{cfg.root}/models/{method}/config.json"
-    return section_json(cfg.distill)
+    """What `mgsd distill --config` gets: the section JSON, or mgsd's chosen settings."""
+    chosen = chosen_distill_config(cfg, name)
+    return f"@{chosen[0]}" if chosen else section_json(cfg.distill)
 
 
 def model_dir(cfg: Config, name: str) -> str:
@@ -190,8 +201,21 @@ def premise_outputs(cfg: Config, ext: str = ".parquet") -> list[str]:
     ]
 
 
-def train_logs(cfg: Config) -> list[str]:
-    return [f"{cfg.root}/models/{m}/train_log.jsonl" for m in trained_models(cfg)]
+def train_logs(cfg: Config, every_run: bool = False) -> list[str]:
+    """The training log of every trained model; `every_run`: also of every sweep candidate and
+    every replicate (what the training table checks)."""
+    models = trained_models(cfg)
+    logs = [f"{cfg.root}/models/{m}/train_log.jsonl" for m in models]
+    if every_run:
+        logs += [f"{cfg.root}/models/{m}/train_log.jsonl" for m in replicate_models(cfg)]
+        for m in models:
+            stage = "distill" if m in DISTILL_SETUPS else m
+            if swept(cfg, stage) and (stage != "distill" or m == SWEPT_DISTILL):
+                logs += [
+                    f"{cfg.root}/models/{m}/sweep/{c}/train_log.jsonl"
+                    for c in candidates(cfg, stage)
+                ]
+    return logs
 
 
 def report_files(cfg: Config) -> list[str]:

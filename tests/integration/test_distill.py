@@ -194,6 +194,8 @@ def test_loop_logprobs_equal_one_plain_forward_per_example(teacher, insts, task)
     if task != "student":  # teacher prompts with and without the plan in one batch
         other = "symbolic" if task == "teacher" else "teacher"
         examples[1] = make_example(other, picked[1], "compact", with_reply=False)
+    else:  # picture prompts of two lengths (compact prompts of all puzzles may tie)
+        examples[1] = make_example(task, picked[1], "instruct", with_reply=False)
     replies = replies_of(processor, picked)
     logprobs_BT, mask_BT = loop_logprobs(model, processor, examples, replies)
     expected = reference_logprobs(model, processor, examples, replies)

@@ -230,6 +230,28 @@ def test_a_mix_trains_the_drawn_tasks_and_validates_each(
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
 
 
+def test_one_non_finite_gradient_is_skipped_not_spread_to_every_weight(
+    tiny_model_dir, data_file, tmp_path, one_thread, monkeypatch
+):
+    """A batch whose gradient is NaN (what bf16 overflow does on a GPU) skips its update; the run
+    goes on and ends with finite weights, and the log counts the skipped step."""
+    from mgsd.train import losses
+
+    real, calls = losses.sft_loss, []
+
+    def poisoned(logits, labels):
+        loss, st = real(logits, labels)
+        calls.append(1)
+        return (loss * float("nan"), st) if len(calls) == 3 else (loss, st)
+
+    monkeypatch.setattr(losses, "sft_loss", poisoned)
+    cfg = {**LEARN, "steps": 6, "checkpoint_every": 0, "val_instances": 1}
+    assert sft.main(sft_args("sft_direct", tiny_model_dir, data_file, cfg, tmp_path)) == 0
+    rows = train_rows(tmp_path)
+    assert [r["train/skipped_steps"] for r in rows] == [0, 0, 1, 1, 1, 1]
+    assert all(torch.isfinite(w).all() for w in weights(tmp_path).values())
+
+
 @pytest.mark.slow
 def test_compiled_layers_follow_the_eager_loss_curve(
     tiny_model_dir, data_file, tmp_path, one_thread

@@ -4,6 +4,7 @@ rows, error messages, and the LaTeX rendering."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -253,3 +254,37 @@ def test_seeds_table_spreads_over_replicates_and_the_rest_use_the_first(tmp_path
     assert seeds["sr_mean"] == 50.0 and seeds["sr_hi"] == pytest.approx(50.0 + half, abs=1e-2)
     assert row(csv(tmp_path / "t", "main"), method="mgsd", puzzle="frozenlake")["sr"] == 50.0
     assert "base" not in set(csv(tmp_path / "t", "seeds")["method"])
+
+
+def test_training_table_flags_unhealthy_distillation_runs(tmp_path):
+    def log(folder: Path, rows: list[dict]) -> str:
+        folder.mkdir(parents=True)
+        (folder / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(folder / "train_log.jsonl")
+
+    def step(s, kl, own, dead, parse):
+        return {"step": s, "distill/reverse_kl": kl, "distill/student_logprob": own,
+                "distill/dead_mass": dead, "distill/parse_rate": parse}  # fmt: skip
+
+    healthy = [step(s, 2.0 - 0.1 * s, -0.5, 1e-5, 0.5 + 0.04 * s) for s in range(1, 11)]
+    healthy.append({"step": 10, "val/success": 0.4})
+    drifting = [step(s, 2.0, -0.5 - 0.7 * s, 0.1 * s, 0.9 - 0.08 * s) for s in range(1, 11)]
+    sft = [{"step": s, "train/loss": 1.0 / s} for s in range(1, 4)]
+    sft.append({"step": 3, "val/success": 0.25, "val/student/success": 0.5})
+    paths = [
+        log(tmp_path / "models" / "mgsd", healthy),
+        log(tmp_path / "models" / "opd_only" / "sweep" / "c1", drifting),
+        log(tmp_path / "models" / "grounding", sft),
+    ]
+    records = write(tmp_path, {"base/maze/image": [rec("m", "maze", "base")]})
+    argv = ["--records", *records, "--train-logs", *paths, "--config", CONFIG, "--out"]
+    assert tables.main([*argv, str(tmp_path / "t")]) == 0
+    t = csv(tmp_path / "t", "training")
+    good, bad = row(t, model="mgsd"), row(t, model="opd_only/c1")
+    assert bool(good["healthy"]) and not bool(bad["healthy"])
+    assert good["kl_first"] == pytest.approx(1.7) and good["parse_last"] == pytest.approx(82.0)
+    assert bad["dead_mass_max"] == pytest.approx(1.0) and bad["student_logprob_min"] < -7
+    assert row(t, model="grounding")["val_student"] == 50.0
+    md = (tmp_path / "t" / "training.md").read_text()
+    assert "opd_only/c1: dead mass 1, own log-prob -7.50, parse rate fell" in md
+    assert "| mgsd | distillation | 10 | 1.700 -> 1.200 |" in md and "success 40.0" in md

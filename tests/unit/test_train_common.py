@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 
@@ -239,3 +240,36 @@ def test_checkpoints_of_another_run_are_not_resumed(tmp_path):
     assert other != fp
     assert common.resume_checkpoint(work, other, acc) is None
     assert common.checkpoints(work) == []
+
+
+def test_a_non_finite_gradient_skips_the_update_and_too_many_stop_the_run():
+    """Through the clip a NaN gradient would make every weight NaN: the step is skipped, the
+    schedule goes on, and a run of skips raises an error naming the stage."""
+    acc = setup(0)
+    model = torch.nn.Linear(3, 2)
+    opt = make_optimizer(model.parameters(), 0.1, 0.0)
+    sched = make_schedule(opt, 50, 0.0, "constant")
+    up = common.Updater(acc, opt, sched, list(model.parameters()), 1.0, "grounding")
+    x = torch.ones(4, 3)
+
+    def backward(scale: float):
+        (model(x).sum() * scale).backward()
+
+    backward(1.0)
+    assert 0 < up.step() < float("inf") and up.skipped == 0
+    before = [p.detach().clone() for p in model.parameters()]
+    backward(float("nan"))
+    assert math.isnan(up.step())  # the norm is reported, the update is not made
+    assert up.skipped == 1 and all(
+        torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)
+    )
+    assert all(p.grad is None for p in model.parameters())  # nothing carried to the next step
+    assert sched.last_epoch == 2  # the schedule still counts the skipped step
+    backward(1.0)
+    up.step()
+    assert up.in_a_row == 0 and all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(common.NonFiniteUpdates, match="grounding: the gradient was not finite"):
+        for _ in range(common.MAX_NONFINITE_IN_A_ROW):
+            backward(float("inf"))
+            up.step()
+    assert up.skipped == 1 + common.MAX_NONFINITE_IN_A_ROW

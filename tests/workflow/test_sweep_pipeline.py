@@ -27,11 +27,7 @@ def test_sweep_selects_on_validation_and_replicates_train_with_the_choice(tmp_pa
     over = overlay(tmp_path, "sweep.yaml", SWEEP)
     snakemake(tmp_path, "all", "--configfile", str(SMOKE), str(over))
     root = tmp_path / "results" / "sweep"
-    for method, lrs in (
-        ("grounding", [1e-3, 2e-3]),
-        ("mgsd", [1e-4, 3e-4]),
-        ("opd_only", [1e-4, 3e-4]),
-    ):
+    for method, lrs in (("grounding", [1e-3, 2e-3]), ("mgsd", [1e-4, 3e-4])):
         sweep = json.loads((root / "models" / method / "sweep.json").read_text())
         assert [c["settings"]["lr"] for c in sweep["candidates"]] == lrs
         scores = [c["score"] for c in sweep["candidates"]]
@@ -47,10 +43,12 @@ def test_sweep_selects_on_validation_and_replicates_train_with_the_choice(tmp_pa
     # stage 2 starts from the chosen grounding model
     mgsd_c0 = json.loads((root / "models/mgsd/sweep/c0/model/mgsd_stage.json").read_text())
     assert mgsd_c0["init"] == "results/sweep/models/grounding/model"
-    # the replicate: mgsd's chosen settings, the next seed
+    # the replicate: mgsd's chosen settings, the next seed; the ablation: the same settings
     chosen = json.loads((root / "models" / "mgsd" / "config.json").read_text())
     replicate = json.loads((root / "models/mgsd-seed1/model/mgsd_stage.json").read_text())
     assert replicate["config"] == {**chosen, "seed": chosen["seed"] + 1}
+    ablation = json.loads((root / "models/opd_only/model/mgsd_stage.json").read_text())
+    assert ablation["config"] == chosen and not (root / "models/opd_only/sweep.json").exists()
     records = pd.read_parquet(root / "eval" / "mgsd-seed1" / "maze" / "image.parquet")
     assert set(records["method"]) == {"mgsd"} and set(records["replicate"]) == {1}
     seeds = pd.read_csv(root / "tables" / "seeds.csv")

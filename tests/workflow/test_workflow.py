@@ -153,8 +153,9 @@ def test_sweeps_and_replicates_plan_candidates_a_choice_and_seeds(tmp_path):
     proc = snakemake(tmp_path, "-n", "-p", "all", "--configfile", str(SMOKE), str(over))
     jobs = planned_jobs(proc)
     assert jobs["grounding_candidate"] == 2 and jobs["grounding_select"] == 1
-    assert jobs["distill_candidate"] == 15 and jobs["distill_select"] == 5
-    assert jobs["distill"] == 2 and jobs["evaluate"] == 11  # mgsd-seed1, mgsd-seed2
+    # mgsd is tuned; its 4 ablations and 2 replicates train with its chosen settings
+    assert jobs["distill_candidate"] == 3 and jobs["distill_select"] == 1
+    assert jobs["distill"] == 6 and jobs["evaluate"] == 11  # + mgsd-seed1, mgsd-seed2
     assert "grounding" not in jobs and "sft_direct" in jobs
     commands = [
         line.split("Shell command: ", 1)[1]
@@ -164,6 +165,8 @@ def test_sweeps_and_replicates_plan_candidates_a_choice_and_seeds(tmp_path):
     seed2 = next(c for c in commands if "distill --method mgsd " in c and "mgsd-seed2/model" in c)
     assert "--config @results/smoke/models/mgsd/config.json" in seed2
     assert "--seed-offset 2" in seed2 and "--init results/smoke/models/grounding/model" in seed2
+    ablation = next(c for c in commands if "distill --method mgsd_no_plan " in c)
+    assert "--config @results/smoke/models/mgsd/config.json --seed-offset 0" in ablation
     candidate = next(c for c in commands if "models/mgsd/sweep/c2/model" in c)
     assert '"lr":0.001' in candidate and "--seed-offset 0" in candidate
     pick = next(c for c in commands if c.startswith("mgsd select") and "/grounding/" in c)

@@ -2,9 +2,10 @@
 # its ablations. Each method's (initial weights, teacher, plan, loss) is in DISTILL_SETUPS.
 #
 # models/<method>/ is the method itself; models/<method>-seed<k>/ its replicate with the seed
-# + k (config `replicates`). With `sweep.distill`, each method trains one candidate per setting
-# under models/<method>/sweep/<c>/ and keeps the best on validation (mgsd select); replicates
-# then train with the chosen setting (models/<method>/config.json).
+# + k (config `replicates`). With `sweep.distill`, mgsd trains one candidate per setting under
+# models/mgsd/sweep/<c>/ and keeps the best on validation (mgsd select); its ablations and every
+# replicate then train with the chosen settings (models/mgsd/config.json), so that each
+# ablation changes one thing only.
 
 DISTILL_NAMES = "|".join(DISTILL_SETUPS)
 
@@ -33,11 +34,7 @@ DISTILL_PARAMS = dict(
 rule distill:
     input:
         models=lambda wc: model_inputs(CFG, *distill_setup(wc.method)[:2]),
-        chosen=lambda wc: (
-            [f"{ROOT}/models/{split_replicate(wc.method)[0]}/config.json"]
-            if split_replicate(wc.method)[1] and swept(CFG, "distill")
-            else []
-        ),
+        chosen=lambda wc: chosen_distill_config(CFG, wc.method),
         train=[data_file(CFG, p, "train") for p in CFG.data.puzzles],
         val=[data_file(CFG, p, "val") for p in CFG.data.puzzles],
     output:
@@ -49,9 +46,9 @@ rule distill:
     benchmark:
         f"{ROOT}/benchmarks/models/{{method}}.tsv"
     wildcard_constraints:
-        # a swept method's own folder is written by distill_select; its replicates come here
+        # with a sweep, mgsd's own folder is written by distill_select
         method=(
-            f"({DISTILL_NAMES}){REPLICATE}[0-9]+"
+            f"(?!{SWEPT_DISTILL}/)({DISTILL_NAMES})({REPLICATE}[0-9]+)?"
             if swept(CFG, "distill")
             else f"({DISTILL_NAMES})({REPLICATE}[0-9]+)?"
         ),
@@ -84,7 +81,7 @@ if swept(CFG, "distill"):
         benchmark:
             f"{ROOT}/benchmarks/models/{{method}}/{{cand}}.tsv"
         wildcard_constraints:
-            method=DISTILL_NAMES,
+            method=SWEPT_DISTILL,
             cand="c[0-9]+",
         conda:
             "../../envs/mgsd.yaml"
@@ -114,7 +111,7 @@ if swept(CFG, "distill"):
         log:
             f"{ROOT}/logs/models/{{method}}_select.log",
         wildcard_constraints:
-            method=DISTILL_NAMES,
+            method=SWEPT_DISTILL,
         localrule: True
         params:
             candidates=lambda wc: [

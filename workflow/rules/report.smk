@@ -5,6 +5,7 @@ rule tables:
     input:
         records=eval_files(CFG),
         premise=premise_outputs(CFG),
+        logs=train_logs(CFG, every_run=True),
     output:
         [
             report(f, category="Tables", caption="../report/tables.rst")
@@ -24,6 +25,7 @@ rule tables:
         out=lambda wc, output: os.path.dirname(output[0]),
     shell:
         "mgsd tables --records {input.records:q} --premise {input.premise:q}"
+        " --train-logs {input.logs:q}"
         " --config {params.cfg:q} --out {params.out:q}"
         " > {log:q} 2>&1"
 

@@ -26,7 +26,6 @@ A panel without data still appears and says "no data". Figures are drawn with th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -42,6 +41,7 @@ from matplotlib.patches import Patch
 
 from mgsd.config import PlotsConfig, TablesConfig, load_section, section_json
 from mgsd.eval import metrics
+from mgsd.report.logs import load_train_logs
 from mgsd.report.style import (
     CONDITION_LABELS,
     CONDITION_STYLES,
@@ -258,39 +258,6 @@ def error_decomposition(df: pd.DataFrame) -> Figure:
             frameon=False,
         )
     return fig
-
-
-def load_train_logs(paths: Iterable[str | Path]) -> dict[str, pd.DataFrame]:
-    """{method: one row per step} from train_log.jsonl files (method = the file's folder name).
-
-    Lines of the same step are merged (the last value of each key wins), since a resumed run
-    logs again the steps after its last checkpoint. Raises ValueError naming the file and line.
-    """
-    logs: dict[str, pd.DataFrame] = {}
-    for path in map(Path, paths):
-        try:
-            lines = path.read_text().splitlines()
-        except OSError as e:
-            raise ValueError(f"cannot read training log {path}: {e.strerror}") from e
-        rows = []
-        for i, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict) or "step" not in row:
-                raise ValueError(f"{path}:{i}: expected a JSON object with a 'step' key")
-            rows.append(row)
-        frame = pd.DataFrame(rows)
-        if len(frame):
-            frame = frame.groupby("step", sort=True).last().reset_index()
-        name, k = path.parent.name, 2
-        while name in logs:
-            name, k = f"{path.parent.name} #{k}", k + 1
-        logs[name] = frame
-    return logs
 
 
 def _is_distill(log: pd.DataFrame) -> bool:

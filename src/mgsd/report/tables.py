@@ -22,6 +22,10 @@ plus tables_config.json (the section used):
 - seeds: methods trained with several seeds (config `replicates`): macro SR / EM / PR of each
   seed, their mean and a t-interval across seeds. Every other table uses each method's first
   seed (replicate 0).
+- training: from the training logs (`--train-logs`), each distillation run's health: the reverse
+  KL, the student's log-prob of its own samples, the mass the raw student puts on ids it can
+  never sample and the samples' parse rate, first and last steps, against the criteria in
+  `HEALTH`; and each supervised stage's final validation scores.
 
 CSV files are tidy: one row per (method, puzzle[, side]), rates in percent, each CI bound in its
 own column (`sr`, `sr_lo`, `sr_hi`, ...). The md and tex files show each value as
@@ -43,10 +47,12 @@ import pandas as pd
 from mgsd.config import TablesConfig, load_section, section_json
 from mgsd.eval import metrics
 from mgsd.eval.metrics import METRICS
+from mgsd.report.logs import load_train_logs
 from mgsd.report.style import NA, Table, atomic_write_text, pct, pct_ci, write_table
 
 TABLES = (
-    "main", "per_level", "ablations", "modality_gap", "perception", "errors", "premise", "seeds"
+    "main", "per_level", "ablations", "modality_gap", "perception", "errors", "premise", "seeds",
+    "training",
 )  # fmt: skip
 FORMATS = ("csv", "md", "tex")
 ABLATIONS = (
@@ -384,6 +390,92 @@ def errors_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
     )
 
 
+# a distillation run is healthy when, at every logged step, the raw student puts less than this
+# on ids it can never sample and its samples' log-prob stays above this, and its samples parse
+# at the end at least as often as at the start (means of the first and last `EDGE` steps)
+HEALTH = {"dead_mass": 1e-3, "student_logprob": -2.0}
+EDGE = 5
+
+
+def training_table(logs: dict[str, pd.DataFrame], cfg: TablesConfig) -> Table:
+    """Distillation health and supervised validation scores, one row per training log."""
+    rows, tidy, notes = [], [], []
+
+    def col(log, key):
+        return pd.to_numeric(log[key], errors="coerce").dropna() if key in log else pd.Series()
+
+    for name, log in logs.items():
+        skipped = col(log, "train/skipped_steps")
+        if len(skipped) and skipped.max() > 0:
+            notes.append(f"{name}: {int(skipped.max())} updates skipped (gradient not finite)")
+        final = {k: col(log, k) for k in log.columns if str(k).startswith("val/")}
+        val = {k.removeprefix("val/").removesuffix("/success"): v.iloc[-1] for k, v in final.items()
+               if k.endswith("success") and len(v)}  # fmt: skip
+        shown = ", ".join(f"{k} {pct(v)}" for k, v in val.items()) or NA
+        if "distill/reverse_kl" not in log:
+            record = {"model": name, "kind": "supervised", "steps": int(col(log, "step").max())}
+            record.update({f"val_{k}": 100 * float(v) for k, v in val.items()})
+            rows.append([name, "supervised", str(record["steps"])] + [NA] * 5 + [shown])
+            tidy.append(record)
+            continue
+        kl, own = col(log, "distill/reverse_kl"), col(log, "distill/student_logprob")
+        dead, parse = col(log, "distill/dead_mass"), col(log, "distill/parse_rate")
+        record = {
+            "model": name, "kind": "distillation", "steps": int(col(log, "step").max()),
+            "kl_first": kl.head(EDGE).mean(), "kl_last": kl.tail(EDGE).mean(),
+            "student_logprob_min": own.min(), "dead_mass_max": dead.max() if len(dead) else None,
+            "parse_first": 100 * parse.head(EDGE).mean(), "parse_last": 100 * parse.tail(EDGE).mean(),
+        }  # fmt: skip
+        record.update({f"val_{k}": 100 * float(v) for k, v in val.items()})
+        problems = []
+        if record["dead_mass_max"] is None:
+            problems.append("no dead-mass log")
+        elif record["dead_mass_max"] >= HEALTH["dead_mass"]:
+            problems.append(f"dead mass {record['dead_mass_max']:.2g}")
+        if record["student_logprob_min"] < HEALTH["student_logprob"]:
+            problems.append(f"own log-prob {record['student_logprob_min']:.2f}")
+        if record["parse_last"] < record["parse_first"]:
+            problems.append("parse rate fell")
+        record["healthy"] = not problems
+        if problems:
+            notes.append(f"{name}: " + ", ".join(problems))
+        dead_text = NA if record["dead_mass_max"] is None else f"{record['dead_mass_max']:.1e}"
+        rows.append([
+            name, "distillation", str(record["steps"]),
+            f"{record['kl_first']:.3f} -> {record['kl_last']:.3f}",
+            f"{record['student_logprob_min']:.2f}", dead_text,
+            f"{record['parse_first']:.1f} -> {record['parse_last']:.1f}",
+            "yes" if record["healthy"] else "NO", shown,
+        ])  # fmt: skip
+        tidy.append(record)
+    if not logs:
+        notes.append("no training logs given")
+    return Table(
+        "Training",
+        "Each training run. Distillation: reverse KL (nats/token, mean of the first and last "
+        f"{EDGE} steps), the lowest log-prob of the student's own samples (nats/token), the "
+        "largest mass the raw student put on ids it can never sample, the samples' parse rate "
+        f"(percent, first and last {EDGE} steps), and whether the run is healthy (dead mass below "
+        f"{HEALTH['dead_mass']:g} and own log-prob at least {HEALTH['student_logprob']:g} at every "
+        "step, parse rate not lower at the end). Last column: final greedy validation success "
+        "(percent) of each validated task.",
+        pd.DataFrame(tidy),
+        [
+            ("", "model"),
+            ("", "kind"),
+            ("", "steps"),
+            ("", "reverse KL"),
+            ("", "own log-prob min"),
+            ("", "dead mass max"),
+            ("", "parse rate"),
+            ("", "healthy"),
+            ("", "validation"),
+        ],  # fmt: skip
+        rows,
+        notes,
+    )
+
+
 def premise_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
     """The base model's premise from its validation records (conditions as in PREMISE_COLUMNS)."""
     base = df[df["method"] == "base"] if len(df) else df
@@ -516,17 +608,22 @@ BUILDERS = {
     "errors": errors_table,
     "premise": premise_table,
     "seeds": seeds_table,
+    "training": training_table,
 }
 
 
 def build_tables(
-    df: pd.DataFrame, cfg: TablesConfig, premise: pd.DataFrame | None = None
+    df: pd.DataFrame,
+    cfg: TablesConfig,
+    premise: pd.DataFrame | None = None,
+    logs: dict[str, pd.DataFrame] | None = None,
 ) -> dict[str, Table]:
-    """Every table; `premise` are the base model's validation records (empty if None). The
-    seeds table reads every replicate, the others each method's first seed."""
+    """Every table; `premise` are the base model's validation records (empty if None), `logs`
+    the training logs by model. The seeds table reads every replicate, the others each method's
+    first seed."""
     premise = df.iloc[:0] if premise is None else premise
     first = df[df["replicate"] == 0] if len(df) else df
-    inputs = {"premise": premise, "seeds": df}
+    inputs = {"premise": premise, "seeds": df, "training": logs or {}}
     return {name: BUILDERS[name](inputs.get(name, first), cfg) for name in TABLES}
 
 
@@ -536,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--premise", nargs="*", default=[], help="the base model's validation records (premise)"
     )
+    ap.add_argument("--train-logs", nargs="*", default=[], help="models/<m>/train_log.jsonl files")
     ap.add_argument("--config", default="{}", help="JSON of the tables config section (or @FILE)")
     ap.add_argument("--out", required=True, help="folder for the tables")
     args = ap.parse_args(argv)
@@ -543,11 +641,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_section(TablesConfig, args.config, "tables")
         df = metrics.load_records(args.records)
         premise = metrics.load_records(args.premise) if args.premise else None
+        logs = load_train_logs(args.train_logs)
     except ValueError as e:  # ConfigError and RecordError: the message names the key or file
         print(f"mgsd tables: {e}", file=sys.stderr)
         return 1
     out = Path(args.out)
-    for name, table in build_tables(df, cfg, premise).items():
+    for name, table in build_tables(df, cfg, premise, logs).items():
         write_table(table, out, name)
     atomic_write_text(out / "tables_config.json", section_json(cfg) + "\n")
     return 0

@@ -79,7 +79,7 @@ class CheckpointError(RuntimeError):
 
 # bad input a stage reports in one line (exit 1) instead of a traceback
 INPUT_ERRORS = (
-    config.ConfigError, RecordError, ModelLoadError, CheckpointError, FileNotFoundError
+    config.ConfigError, RecordError, ModelLoadError, CheckpointError, FileNotFoundError,
 )  # fmt: skip
 
 
@@ -179,6 +179,56 @@ def shard(indices: list[int], rank: int, world: int) -> list[int]:
         )
     k = len(indices) // world
     return indices[rank * k : (rank + 1) * k]
+
+
+# ---------------------------------------------------------------- the update
+
+
+MAX_NONFINITE_IN_A_ROW = 10  # then the run stops: its updates are not coming back
+
+
+class NonFiniteUpdates(RuntimeError):
+    """The gradient was not finite for `MAX_NONFINITE_IN_A_ROW` optimizer steps in a row."""
+
+
+class Updater:
+    """Clip the gradient and take the optimizer step, unless the gradient is not finite.
+
+    One batch whose gradient overflows (seen with bf16 autocast on a GPU: a finite loss, a NaN
+    gradient norm) would otherwise turn every weight into NaN through the clip, which scales
+    all gradients by max_norm / NaN. Such a step is skipped instead (the scheduler still steps,
+    so the schedule stays a function of the step) and counted in `skipped`, which the loops log
+    as `train/skipped_steps`; `MAX_NONFINITE_IN_A_ROW` skips in a row raise `NonFiniteUpdates`
+    naming the stage. Under DDP every process sees the same reduced norm, so all skip together.
+    """
+
+    def __init__(self, acc, optimizer, scheduler, params, grad_clip: float, stage: str):
+        self.acc, self.opt, self.sched, self.params = acc, optimizer, scheduler, list(params)
+        self.grad_clip, self.stage = grad_clip, stage
+        self.skipped, self.in_a_row = 0, 0
+
+    def step(self) -> float:
+        """The step's gradient norm (before clipping); the update happens only if it is finite."""
+        norm = float(self.acc.clip_grad_norm_(self.params, self.grad_clip or float("inf")))
+        if math.isfinite(norm):
+            self.opt.step()
+            self.in_a_row = 0
+        else:
+            self.skipped += 1
+            self.in_a_row += 1
+            print(f"{self.stage}: gradient norm {norm}: update skipped", file=sys.stderr)
+            if self.in_a_row >= MAX_NONFINITE_IN_A_ROW:
+                raise NonFiniteUpdates(
+                    f"{self.stage}: the gradient was not finite for {self.in_a_row} steps in a "
+                    f"row ({self.skipped} in all); lower {self.stage}.lr or check the data"
+                )
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return norm
+
+
+# what a stage CLI reports in one line (exit 1) instead of a traceback
+STOP_ERRORS = (*INPUT_ERRORS, NonFiniteUpdates)
 
 
 # ---------------------------------------------------------------- checkpoints

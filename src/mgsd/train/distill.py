@@ -186,6 +186,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
             f"distill.batch_size: {cfg.batch_size} is not divisible by "
             f"{acc.num_processes} processes"
         )
+    updater = common.Updater(acc, opt, sched, trainable, cfg.grad_clip, args.method)
     t_start, last = time.perf_counter(), {}
     for step in range(start, cfg.steps):
         ids = common.shard(
@@ -218,10 +219,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
             own = torch.tensor(st["tokens"], device=acc.device)
             global_tokens = acc.reduce(own, reduction="sum").item()
             acc.backward(loss * st["tokens"] / max(global_tokens, 1) * acc.num_processes)
-        grad_norm = acc.clip_grad_norm_(trainable, cfg.grad_clip) if cfg.grad_clip else None
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        grad_norm = updater.step()
         t_update = time.perf_counter() - t1 - st["teacher_seconds"]
         sampled = sum(len(g.token_ids) for g in gens)
         meter.update(sampled)
@@ -253,8 +251,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
                 "perf/update_s": t_update,
             }
         )
-        if grad_norm is not None:
-            last["train/grad_norm"] = float(grad_norm)
+        last.update({"train/grad_norm": grad_norm, "train/skipped_steps": updater.skipped})
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
             if acc.is_main_process:
                 last.update(validate_student(raw, processor, val_set, args.style, cfg, acc.device))
@@ -357,7 +354,7 @@ def main(argv: list[str]) -> int:
         cfg = load_section(DistillConfig, args.config, "distill")
         cfg = dataclasses.replace(cfg, seed=cfg.seed + args.seed_offset)
         metrics = train(args, cfg)
-    except common.INPUT_ERRORS as e:
+    except common.STOP_ERRORS as e:
         print(f"mgsd distill: {e}", file=sys.stderr)
         return 1
     from accelerate import PartialState

@@ -133,6 +133,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
             f"{args.stage}.batch_size: {cfg.batch_size} is not divisible by "
             f"grad_accum x processes = {cfg.grad_accum * acc.num_processes}"
         )
+    updater = common.Updater(acc, opt, sched, trainable, cfg.grad_clip, args.stage)
     t_start, last = time.perf_counter(), {}
     for step in range(start, cfg.steps):
         slots = common.shard(
@@ -169,10 +170,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
             loss_sum += st["loss"] * st["tokens"]
             acc_sum += st["token_accuracy"] * st["tokens"]
             meter.update(batch["input_ids"].numel())
-        grad_norm = acc.clip_grad_norm_(trainable, cfg.grad_clip) if cfg.grad_clip else None
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        grad_norm = updater.step()
         done = step + 1
         stats = acc.reduce(torch.tensor([loss_sum, acc_sum], device=acc.device), "sum")
         last = {
@@ -181,8 +179,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
             "train/lr": sched.get_last_lr()[0],
             "train/tokens": global_tokens,
         }
-        if grad_norm is not None:
-            last["train/grad_norm"] = float(grad_norm)
+        last.update({"train/grad_norm": grad_norm, "train/skipped_steps": updater.skipped})
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
             if acc.is_main_process:
                 last.update(
@@ -248,7 +245,7 @@ def main(argv: list[str]) -> int:
     try:
         cfg = load_section(TrainConfig, args.config, args.stage)
         metrics = train(args, cfg)
-    except common.INPUT_ERRORS as e:
+    except common.STOP_ERRORS as e:
         print(f"mgsd train-sft: {e}", file=sys.stderr)
         return 1
     if metrics:
