@@ -6,6 +6,8 @@ The Snakefile and the rule files import this module; it holds no rule logic, onl
 
 from __future__ import annotations
 
+import shlex
+
 from mgsd.config import (
     BENCHMARK_SOURCES,
     Config,
@@ -234,7 +236,9 @@ def data_params(cfg: Config, puzzle: str, split: str) -> dict:
     per_level = {"train": p.train_per_level, "val": p.val_per_level, "test": p.test_per_level}
     opts = [f"--levels {' '.join(map(str, p.levels))}", f"--image-size {cfg.data.image_size}"]
     if bench:
-        opts.append(f"--source {p.test_source} --benchmarks-dir '{cfg.data.benchmarks_dir}'")
+        opts.append(
+            f"--source {p.test_source} --benchmarks-dir {shlex.quote(cfg.data.benchmarks_dir)}"
+        )
     else:
         opts.append(f"--per-level {per_level[split]} --seed {getattr(cfg.data.seeds, split)}")
         if puzzle == "frozenlake":

@@ -95,3 +95,31 @@ def test_answer_block_pairs_the_last_closing_tag():
     assert base.answer_block("a <answer> b </answer> c <answer> d </answer> e") == " d "
     assert base.answer_block("</answer><answer>") is None
     assert base.answer_block("<answer>x</answer>" * 10_000) == "x"
+
+
+ADVERSARIAL = {  # 1 MB replies of the shapes that made the line patterns backtrack
+    "spaces": " " * 1_000_000,
+    "key then spaces": "size" + " " * 1_000_000 + "x",
+    "cell then spaces": "start 1" + " " * 1_000_000 + "x",
+    "cell list then spaces": "holes 1 1," + " " * 1_000_000 + "x",
+    "tabs and spaces": "goal\t" + "\t " * 500_000 + "1",
+    "newlines": "\n" * 1_000_000,
+    "digits": "start " + "1" * 1_000_000,
+    "one long maze row": "size 3\nopen\n" + "UD " * 333_333,
+}
+
+
+@pytest.mark.parametrize("shape", sorted(ADVERSARIAL))
+def test_parsing_is_linear_on_adversarial_replies(shape):
+    """Stated-state and answer parsing of a 1 MB reply take well under a second each (the line
+    patterns once took 14 s on 32,000 spaces and grew quadratically)."""
+    import time
+
+    from mgsd.model import prompts
+
+    text = ADVERSARIAL[shape]
+    for name in puzzles.NAMES:
+        t0 = time.perf_counter()
+        assert isinstance(prompts.parse_stated_state(name, text), dict)
+        assert puzzles.get(name).parse_answer(text + "<answer>U</answer>") == ["U"]
+        assert time.perf_counter() - t0 < 1.0, (shape, name)

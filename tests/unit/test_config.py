@@ -149,3 +149,16 @@ def test_sweep_candidates_are_the_grid_in_order():
     assert C.sweep_candidates(cfg, "grounding") == [{}]
     section = C.swept_section(cfg.distill, grid[3])
     assert section.lr == 3e-4 and section.kl_baseline and section.steps == cfg.distill.steps
+
+
+def test_numbers_written_as_text_are_read_and_non_finite_ones_rejected():
+    """YAML 1.1 reads `lr: 1e-3` as the string '1e-3': it is the usual way to write a rate."""
+    cfg = C.load(_raw(grounding={"lr": "1e-3", "steps": "40"}))
+    assert cfg.grounding.lr == 1e-3 and cfg.grounding.steps == 40
+    assert yaml.safe_load("lr: 1e-3")["lr"] == "1e-3"  # what the YAML loader hands over
+    for bad, message in (("fast", "expected a number, got 'fast'"), (float("nan"), "not a finite"),
+                         (float("inf"), "not a finite"), ("1e400", "not a finite")):  # fmt: skip
+        with pytest.raises(C.ConfigError, match=f"grounding.lr: .*{message}"):
+            C.load(_raw(grounding={"lr": bad}))
+    with pytest.raises(C.ConfigError, match="grounding.steps: expected an integer, got '4.5'"):
+        C.load(_raw(grounding={"steps": "4.5"}))

@@ -173,3 +173,34 @@ def test_sweeps_and_replicates_plan_candidates_a_choice_and_seeds(tmp_path):
     assert "--metric val/student/success" in pick and "--keys lr" in pick
     evaluation = next(c for c in commands if "evaluate" in c and "mgsd-seed1/model" in c)
     assert "--method mgsd --replicate 1" in evaluation
+
+
+def test_a_benchmarks_path_with_a_space_and_a_quote_reaches_the_job_intact(
+    tmp_path, benchmarks_dir
+):
+    """The path is quoted for the shell, not pasted between hand-written quotes."""
+    odd = tmp_path / "bench marks 'x'"
+    odd.symlink_to(benchmarks_dir)
+    over = overlay(
+        tmp_path,
+        "odd.yaml",
+        {
+            "data": {
+                "benchmarks_dir": str(odd),
+                "puzzles": {"frozenlake": {"test_source": "vsp", "levels": [3]}},
+            }
+        },
+    )
+    snakemake(
+        tmp_path,
+        "results/smoke/data/frozenlake/test.parquet",
+        "--configfile",
+        str(SMOKE),
+        str(over),
+    )
+    from mgsd.data import records
+
+    rows = records.read_data(
+        tmp_path / "results/smoke/data/frozenlake/test.parquet", columns=["source"]
+    )
+    assert len(rows) == 100 and {r["source"] for r in rows} == {"vsp"}

@@ -250,7 +250,7 @@ def parse_stated_state(puzzle_name: str, reply: Any) -> dict:
     module = _module(puzzle_name)
     try:
         fields = module.parse_description(stated_state_text(reply))
-    except Exception:  # a puzzle parser bug must not crash an evaluation of model text
+    except ValueError:  # e.g. a number no int() takes; anything else is a bug and surfaces
         return {}
     return fields if isinstance(fields, dict) else {}
 

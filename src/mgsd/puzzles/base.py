@@ -257,8 +257,19 @@ def fmt_cells(cells: Iterable[Pos]) -> str:
     return ", ".join(fmt_pos(p) for p in sorted(cells)) or "none"
 
 
+_BLANKS = re.compile(r"[ \t]+")
+
+
+def squeeze_blanks(text: str) -> str:
+    """Every run of spaces and tabs as one space: the line patterns below then match in time
+    linear in the text (adjacent optional-blank parts backtrack quadratically on long runs, and
+    models do write long runs of spaces)."""
+    return _BLANKS.sub(" ", text)
+
+
 def find_line(text: str, key: str, pattern: str) -> re.Match | None:
-    """The first line ``key[:] <pattern>`` (key case-insensitive), or None."""
+    """The first line ``key[:] <pattern>`` (key case-insensitive), or None. Give it text whose
+    blanks are squeezed (`squeeze_blanks`)."""
     regex = rf"^[ \t]*{key}[ \t]*:?[ \t]*({pattern})[ \t]*$"
     return re.search(regex, text, re.IGNORECASE | re.MULTILINE)
 
@@ -271,6 +282,7 @@ def read_fields(text: Any, scalars: dict[str, str], cell_lists: Sequence[str]) -
     """
     if not isinstance(text, str):
         return {}
+    text = squeeze_blanks(text)
     out: dict[str, Any] = {}
     if m := find_line(text, "size", _NUM):
         out["level"] = int(m.group(1))

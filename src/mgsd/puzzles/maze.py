@@ -213,6 +213,7 @@ _ROW = re.compile(r"[ \t]*(?:[UDLR]+|-)(?:[ \t]+(?:[UDLR]+|-))*[ \t]*", re.IGNOR
 def parse_description(text: str) -> dict:
     if not isinstance(text, str):
         return {}
+    text = base.squeeze_blanks(text)
     out = base.read_fields(text, {"start": "start", "goal": "goal"}, ())
     lines = text.splitlines()
     header = next((i for i, line in enumerate(lines) if line.strip().lower() == "open"), None)
@@ -220,7 +221,8 @@ def parse_description(text: str) -> dict:
         return out
     rows = []
     for line in lines[header + 1 : header + 1 + out.get("level", len(lines))]:
-        if not _ROW.fullmatch(line):
+        # a row holds at most MAX_LEVEL cells of at most 5 characters each
+        if len(line) > 5 * base.MAX_LEVEL or not _ROW.fullmatch(line):
             break
         rows.append(tuple(_code(set(code.upper()) - {"-"}) for code in line.split()))
     if rows:
