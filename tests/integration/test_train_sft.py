@@ -309,7 +309,8 @@ def test_lora_merged_and_unmerged_give_the_same_logits(tiny_model_dir, data_file
 def test_lora_run_saves_a_plain_model(tiny_model_dir, data_file, tmp_path, one_thread):
     cfg = {
         "steps": 4, "batch_size": 8, "lr": 1e-2, "finetune": "lora", "train_vision": False,
-        "lora": {"rank": 4, "alpha": 8.0}, "checkpoint_every": 2, "val_instances": 2,
+        "lora": {"rank": 4, "alpha": 8.0}, "checkpoint_every": 2, "keep_checkpoints": True,
+        "val_instances": 2,
         "val_max_new_tokens": 8,
     }  # fmt: skip
     handler = signal.getsignal(signal.SIGTERM)
@@ -325,6 +326,22 @@ def test_lora_run_saves_a_plain_model(tiny_model_dir, data_file, tmp_path, one_t
     assert not any("visual" in k or "embed" in k or "norm" in k for k in changed)
     model, _ = load_model(tmp_path / "model", device="cpu")
     assert not hasattr(model, "peft_config")
+
+
+@pytest.mark.slow
+def test_checkpoints_go_once_the_model_is_written_unless_kept(
+    tiny_model_dir, data_file, tmp_path, one_thread
+):
+    cfg = {"steps": 4, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 1, "val_instances": 1}
+    assert sft.main(sft_args("sft_direct", tiny_model_dir, data_file, cfg, tmp_path / "a")) == 0
+    assert not list((tmp_path / "a" / "work").glob("*step-*"))  # weights and optimizer gone
+    assert (tmp_path / "a" / "model" / "model.safetensors").is_file()
+    assert len(train_rows(tmp_path / "a")) == 4  # the live log stays
+    kept = {**cfg, "keep_checkpoints": True}
+    assert sft.main(sft_args("sft_direct", tiny_model_dir, data_file, kept, tmp_path / "b")) == 0
+    assert [p.name for p in sorted((tmp_path / "b" / "work").glob("step-*"))] == [
+        "step-000002", "step-000003",
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------- resume and stop
@@ -399,7 +416,8 @@ def test_two_processes_follow_the_one_process_loss_curve(
 ):
     one, two = tmp_path / "one", tmp_path / "two"
     cfg = {
-        "steps": 4, "batch_size": 8, "lr": 3e-3, "checkpoint_every": 2, "val_instances": 2,
+        "steps": 4, "batch_size": 8, "lr": 3e-3, "checkpoint_every": 2, "keep_checkpoints": True,
+        "val_instances": 2,
         "val_max_new_tokens": 8,
     }  # fmt: skip
     # On a CPU-only machine `--cpu --num_processes 2` starts ONE process in accelerate 1.15;
@@ -448,7 +466,8 @@ def test_unknown_config_key_is_named(tiny_model_dir, data_file, tmp_path, capsys
 
 @pytest.mark.slow
 def test_corrupt_checkpoint_is_named(tiny_model_dir, data_file, tmp_path, capsys, one_thread):
-    cfg = {"steps": 3, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 2, "val_instances": 1}
+    cfg = {"steps": 3, "batch_size": 8, "lr": 1e-3, "checkpoint_every": 2, "val_instances": 1,
+           "keep_checkpoints": True}  # fmt: skip
     args = sft_args("symbolic_pretrain", tiny_model_dir, data_file, cfg, tmp_path)
     assert sft.main(args) == 0
     weights_file = tmp_path / "work" / "step-000002" / "model.pt"

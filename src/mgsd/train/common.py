@@ -304,6 +304,16 @@ def resume_checkpoint(work_dir: str | Path, fingerprint: str, accelerator) -> Pa
     return None
 
 
+def remove_checkpoints(work_dir: str | Path) -> int:
+    """Delete the resumable checkpoints of a finished run (its live log stays); how many."""
+    found = checkpoints(work_dir)
+    for old in found:
+        shutil.rmtree(old)
+    for stale in Path(work_dir).glob(".tmp-step-*"):
+        shutil.rmtree(stale)
+    return len(found)
+
+
 def latest_checkpoint(work_dir: str | Path) -> Path | None:
     found = checkpoints(work_dir)
     return found[-1] if found else None

@@ -284,6 +284,8 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
                 "config": to_dict(cfg),
             },
         )
+        if not cfg.keep_checkpoints:  # the model is written: they can only fill the disk
+            common.remove_checkpoints(args.work)
     acc.wait_for_everyone()
     log.close()
     return {
