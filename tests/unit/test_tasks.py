@@ -76,3 +76,28 @@ def test_perception_examples_ask_one_question_and_score_its_answer():
     assert question in ex.messages[0]["content"][-1]["text"] and ex.reply == answer
     assert task_success("perception", x, f" {answer}\n", variant=2)
     assert not task_success("perception", x, "something else", variant=2)
+
+
+def test_a_bad_row_is_named_before_any_model_loads(tmp_path, capsys):
+    """Undecodable picture bytes or an invalid state stop a stage in one line that names the
+    file, the row and the column, before the (here missing) model is even looked at."""
+    from mgsd.data import records
+    from mgsd.data.generate import generate_rows
+    from mgsd.eval import evaluate
+
+    rows = list(generate_rows("maze", "test", [3], 3, 1, 64, set(), {}, False))
+    bad_image = [dict(r) for r in rows]
+    bad_image[1]["image"] = b"not a png"
+    bad_state = [dict(r) for r in rows]
+    bad_state[2]["state"] = json.dumps({"level": 3, "grid": ["SF"]})
+    for rows_, column, row in (
+        (bad_image, "image", rows[1]["id"]),
+        (bad_state, "state", rows[2]["id"]),
+    ):
+        path = records.write_data(rows_, tmp_path / f"{column}.parquet")
+        argv = ["--model", str(tmp_path / "no-model"), "--method", "base", "--data", str(path),
+                "--config", "{}", "--out-dir", str(tmp_path / "out")]  # fmt: skip
+        assert evaluate.main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"{path}: row {row!r}, column '{column}'" in err, err
+    assert not (tmp_path / "out").exists()

@@ -79,14 +79,31 @@ class Instance:
 
 
 def load_instances(paths: list[str]) -> list[Instance]:
-    """The rows of several data files, in file order."""
+    """The rows of several data files, in file order, each checked (`check_instance`) so that a
+    bad row stops a stage before any model loads, with a message naming it."""
     out = []
     for path in paths:
         for r in records.read_data(path):
-            out.append(
-                Instance(r["id"], r["puzzle"], r["level"], r["state"], r["image"], r["solution"])
-            )
+            inst = Instance(r["id"], r["puzzle"], r["level"], r["state"], r["image"], r["solution"])
+            check_instance(inst, path)
+            out.append(inst)
     return out
+
+
+def check_instance(inst: Instance, path) -> None:
+    """RecordError naming the file, row and column when the state or the picture is unusable."""
+    where = f"{path}: row {inst.id!r}"
+    try:
+        inst.state  # noqa: B018 (decodes and validates the state, cached)
+    except (ValueError, TypeError) as e:  # bad JSON, unknown puzzle, an invalid state dict
+        raise records.RecordError(f"{where}, column 'state': {e}") from None
+    try:
+        with Image.open(io.BytesIO(inst.image_png)) as picture:
+            picture.verify()  # reads the whole file, decodes nothing
+    except Exception as e:  # PIL raises many kinds on bad bytes; all mean the same here
+        raise records.RecordError(
+            f"{where}, column 'image': not a readable picture ({type(e).__name__}: {e})"
+        ) from None
 
 
 def validation_set(insts: list[Instance], n: int, seed: int) -> list[Instance]:
