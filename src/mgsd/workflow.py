@@ -280,7 +280,7 @@ def launcher(cfg: Config, stage: str) -> str:
     if r.gpus <= 1:
         return "mgsd"
     return (
-        "PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+        "env PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
         f" PET_SHUTDOWN_TIMEOUT={max(60, r.warning_s // 2)}"
         f" accelerate launch --multi_gpu --num_machines 1 --num_processes {r.gpus}"
         " --dynamo_backend no -m mgsd.cli"

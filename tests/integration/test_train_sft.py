@@ -42,7 +42,7 @@ from mgsd.model.load import load_model, read_stage_info
 from mgsd.model.lora import apply_lora, merge_lora
 from mgsd.model.tasks import STAGE_TASK, load_instances, make_example, task_success
 from mgsd.train import sft
-from mgsd.train.common import EXIT_RESUMABLE
+from mgsd.train.common import EXIT_RESUMABLE, lock_work_dir
 
 INSTANCES = (  # (puzzle, side): one instance each, see the module docstring
     ("frozenlake", 3),
@@ -378,6 +378,35 @@ def test_sigkill_then_resume_equals_straight_run(tiny_model_dir, data_file, tmp_
     rows = train_rows(killed)
     assert [r["step"] for r in rows] == list(range(1, 21))  # no step lost or logged twice
     assert rows == train_rows(straight)
+
+
+@pytest.mark.slow
+def test_a_second_run_on_a_live_work_folder_stops_at_once(
+    tiny_model_dir, data_file, tmp_path, capsys
+):
+    """Two writers on one resume folder would interleave checkpoints: the second run fails
+    with a message naming the first one's pid, and the folder is free again once it is gone."""
+    cfg = {**RESUME, "steps": 400}
+    args = sft_args("sft_direct", tiny_model_dir, data_file, cfg, tmp_path)
+    proc = subprocess.Popen(
+        [*SFT_CLI, *args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        lock = tmp_path / "work" / ".lock"
+        wait_for(lambda: lock.is_file() and lock.read_text().strip(), proc, "the lock")
+        second = sft_args("sft_direct", tiny_model_dir, data_file, cfg, tmp_path / "second")
+        second[second.index("--work") + 1] = str(tmp_path / "work")
+        assert sft.main(second) == 1
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'work'} is in use by another run (pid {proc.pid})" in err
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    from accelerate import PartialState
+
+    handle = lock_work_dir(tmp_path / "work", PartialState())
+    assert handle is not None  # the killed run's lock went with it
+    handle.close()
 
 
 @pytest.mark.slow

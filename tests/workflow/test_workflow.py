@@ -204,3 +204,18 @@ def test_a_benchmarks_path_with_a_space_and_a_quote_reaches_the_job_intact(
         tmp_path / "results/smoke/data/frozenlake/test.parquet", columns=["source"]
     )
     assert len(rows) == 100 and {r["source"] for r in rows} == {"vsp"}
+
+
+def test_training_jobs_exec_the_trainer_and_publish_the_log_themselves(tmp_path):
+    """A killed job must not leave its trainer running: the rule execs it (no wrapper shell
+    left to kill) and the trainer copies the live log to the output itself."""
+    proc = snakemake(tmp_path, "-n", "-p", "all", "--configfile", str(SMOKE))
+    commands = [
+        line.split("Shell command: ", 1)[1]
+        for line in proc.stdout.splitlines()
+        if "Shell command: " in line and (" train-sft " in line or " distill " in line)
+    ]
+    assert len(commands) == 9  # base, grounding, sft_direct, grounding_sft, 5 distillations
+    for c in commands:
+        assert c.startswith("exec mgsd ") and "--final-log results/smoke/models/" in c, c
+        assert "&&" not in c and " cp " not in c, c

@@ -10,15 +10,14 @@
 DISTILL_NAMES = "|".join(DISTILL_SETUPS)
 
 
-DISTILL_SHELL = (
-    "{params.launch} distill --method {params.method} --init {params.init:q}"
+DISTILL_SHELL = (  # as in train.smk: exec, and the live log published on success
+    "exec {params.launch} distill --method {params.method} --init {params.init:q}"
     " --teacher {params.teacher:q} {params.plan} --loss {params.loss}"
     " --train {input.train:q} --val {input.val:q} --config {params.cfg:q}"
     " --seed-offset {params.seed_offset}"
     " --prompt-style {params.style} --out {output.model:q} --metrics {output.metrics:q}"
-    " --log {params.work:q}/train_log.jsonl --work {params.work:q} > {log:q} 2>&1"
-    # as in train.smk: the log survives a failed attempt in the work folder
-    " && cp {params.work:q}/train_log.jsonl {output.log:q}"
+    " --log {params.work:q}/train_log.jsonl --final-log {output.log:q} --work {params.work:q}"
+    " > {log:q} 2>&1"
 )
 DISTILL_PARAMS = dict(
     method=lambda wc: split_replicate(wc.method)[0],

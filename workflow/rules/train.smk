@@ -4,14 +4,16 @@
 # it starts from); the method's name is its config section and its stage.
 
 
-# The training log is written in the work folder and copied on success: Snakemake deletes the
-# outputs of a failed job, and a job stopped by Slurm (exit 75) must resume with its log whole.
+# The training log is written in the work folder and copied to the output on success
+# (--final-log): Snakemake deletes the outputs of a failed job, and a job stopped by Slurm
+# (exit 75) must resume with its log whole. `exec`: the trainer is the job's process, so it dies
+# with the job (a killed wrapper shell would leave it running and writing).
 SFT_SHELL = (
-    "{params.launch} train-sft --stage {params.stage} --init {params.init:q}"
+    "exec {params.launch} train-sft --stage {params.stage} --init {params.init:q}"
     " --train {input.train:q} --val {input.val:q} --config {params.cfg:q}"
     " --prompt-style {params.style} --out {output.model:q} --metrics {output.metrics:q}"
-    " --log {params.work:q}/train_log.jsonl --work {params.work:q} > {log:q} 2>&1"
-    " && cp {params.work:q}/train_log.jsonl {output.log:q}"
+    " --log {params.work:q}/train_log.jsonl --final-log {output.log:q} --work {params.work:q}"
+    " > {log:q} 2>&1"
 )
 
 

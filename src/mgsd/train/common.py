@@ -227,8 +227,50 @@ class Updater:
         return norm
 
 
+class WorkDirBusy(RuntimeError):
+    """Another live run holds the work folder (two writers would corrupt its checkpoints)."""
+
+
+def lock_work_dir(work_dir: str | Path, accelerator) -> Any:
+    """Hold `work_dir/.lock` for the life of this process (main process only): a second run on
+    the same folder fails at once with `WorkDirBusy`, naming the holder's pid. The lock goes
+    with the process, however it ends (an flock of an open file)."""
+    if not accelerator.is_main_process:
+        return None
+    import fcntl
+
+    path = Path(work_dir) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise WorkDirBusy(
+            f"{work_dir} is in use by another run (pid {holder}): wait for it to end or stop it"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def publish_log(live: str | Path, final: str | Path | None) -> None:
+    """Copy the live training log to the declared output `final` (atomically), if given."""
+    if final is None:
+        return
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    shutil.copyfile(live, tmp)
+    os.replace(tmp, final)
+
+
 # what a stage CLI reports in one line (exit 1) instead of a traceback
-STOP_ERRORS = (*INPUT_ERRORS, NonFiniteUpdates)
+STOP_ERRORS = (*INPUT_ERRORS, NonFiniteUpdates, WorkDirBusy)
 
 
 # ---------------------------------------------------------------- checkpoints

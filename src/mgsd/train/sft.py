@@ -120,6 +120,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     fingerprint = common.run_fingerprint(
         args.stage, args.config, args.style, files=[args.init, *args.train, *args.val]
     )
+    lock = common.lock_work_dir(args.work, acc)  # noqa: F841 (held until the process ends)
     ckpt = common.resume_checkpoint(args.work, fingerprint, acc)
     start = common.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
     if ckpt:
@@ -211,6 +212,8 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
             common.remove_checkpoints(args.work)
     acc.wait_for_everyone()
     log.close()
+    if acc.is_main_process:
+        common.publish_log(args.log, args.final_log)
     return {
         "stage": args.stage,
         "steps": cfg.steps,
@@ -237,7 +240,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     ap.add_argument("--out", required=True, help="final model folder")
     ap.add_argument("--metrics", required=True, help="final metrics JSON")
-    ap.add_argument("--log", required=True, help="JSONL training log")
+    ap.add_argument("--log", required=True, help="JSONL training log (written live)")
+    ap.add_argument(
+        "--final-log", help="where to copy the log once the run has succeeded (the rule's output)"
+    )
     ap.add_argument("--work", required=True, help="folder for resumable checkpoints")
     return ap.parse_args(argv)
 
