@@ -157,10 +157,10 @@ def test_sweeps_and_replicates_plan_candidates_a_choice_and_seeds(tmp_path):
     assert jobs["distill_candidate"] == 3 and jobs["distill_select"] == 1
     assert jobs["distill"] == 6 and jobs["evaluate"] == 11  # + mgsd-seed1, mgsd-seed2
     assert "grounding" not in jobs and "sft_direct" in jobs
-    commands = [
-        line.split("Shell command: ", 1)[1]
+    commands = [  # training jobs exec the trainer: read them without the "exec "
+        line.split("Shell command: ", 1)[1].removeprefix("exec ")
         for line in proc.stdout.splitlines()
-        if "Shell command: mgsd " in line
+        if "Shell command: mgsd " in line or "Shell command: exec mgsd " in line
     ]
     seed2 = next(c for c in commands if "distill --method mgsd " in c and "mgsd-seed2/model" in c)
     assert "--config @results/smoke/models/mgsd/config.json" in seed2
