@@ -1,6 +1,6 @@
 """Independent oracles: networkx shortest paths for all puzzles, gymnasium for FrozenLake.
 
-The graphs below are built from the canonical dicts with the rules of DESIGN.md section 2,
+The graphs below are built from the canonical dicts with the puzzle rules (each puzzle module's docstring),
 sharing no code with mgsd.puzzles.
 """
 

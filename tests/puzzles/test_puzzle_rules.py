@@ -1,4 +1,4 @@
-"""The rules of DESIGN.md section 2 on small hand-made instances, one case per rule."""
+"""The puzzle rules (each puzzle module's docstring) on small hand-made instances, one case per rule."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ the messages only hold its placeholder ``{"type": "image"}``):
 - `perception_messages`: picture + a generic question -> a short answer (stage 0 of scratch
   backbones: reading pictures in another wording than the task's).
 
-Replies (DESIGN.md section 4) start with the recovered state (`describe(state)`), then at most
+Replies start with the recovered state (`describe(state)`), then at most
 one line of reasoning, then ``<answer>...</answer>``; `parse_stated_state` reads the state back
 from a model's reply and never raises. `tokenizer_corpus` is the deterministic text the scratch
 tokenizer is trained on.

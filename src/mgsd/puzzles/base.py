@@ -4,7 +4,7 @@ A puzzle module describes one instance as a small deterministic graph: internal 
 (a cell, or a cell plus what the agent carries), a `step(s, action, offgrid) -> (s', kind)`
 function where `kind` is ``""`` for a legal action and an illegal kind otherwise, and a goal
 test. `Planner` turns that into BFS distances to the goal (computed once per instance), one
-optimal plan, plan execution and the metrics of DESIGN.md section 2:
+optimal plan, plan execution and the metrics:
 
 - a plan runs from the start and stops at the first success or the first illegal action;
 - success (SR); exact match (EM): success after exactly d*(s0) actions;
