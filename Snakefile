@@ -6,7 +6,7 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
-from mgsd.config import ConfigError, load, section_json
+from mgsd.config import ConfigError, check_inputs, load, section_json
 from mgsd.workflow import (
     DISTILL_SETUPS,
     PREMISE_CONDITIONS,
@@ -43,6 +43,7 @@ configfile: os.path.join(workflow.basedir, "pipeline_config.yaml")
 
 try:
     CFG = load(config)
+    check_inputs(CFG)  # relative paths are read from the working directory
 except ConfigError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
 ROOT = str(CFG.root)

@@ -622,6 +622,29 @@ def swept_section(section: Any, overrides: dict[str, Any], key: str = "sweep") -
     return _build_dataclass(type(section), raw, key.rsplit(".", 1)[0])
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def check_inputs(c: Config, base: Path | str = ".") -> None:
+    """The input paths a run reads exist (relative ones from `base`, the workflow's folder), so
+    a missing folder stops the run before any job instead of failing inside one."""
+    base = Path(base)
+    benchmarks = [n for n, p in c.data.puzzles.items() if p.test_source != "generated"]
+    if benchmarks and c.data.benchmarks_dir:
+        path = base / c.data.benchmarks_dir
+        if not path.is_dir():
+            raise ConfigError(
+                f"data.benchmarks_dir: {c.data.benchmarks_dir} is not a folder (needed by the "
+                f"benchmark test sets of {', '.join(benchmarks)})"
+            )
+    if c.backbone.source == "pretrained":
+        name = c.backbone.pretrained
+        if not (base / name).exists() and not _HUB_ID.fullmatch(name):
+            raise ConfigError(
+                f"backbone.pretrained: {name} is neither a folder nor a hub id (org/name)"
+            )
+
+
 def load(raw: dict) -> Config:
     """Validate the merged Snakemake config dict."""
     cfg = _build_dataclass(Config, raw, "")

@@ -219,3 +219,19 @@ def test_training_jobs_exec_the_trainer_and_publish_the_log_themselves(tmp_path)
     for c in commands:
         assert c.startswith("exec mgsd ") and "--final-log results/smoke/models/" in c, c
         assert "&&" not in c and " cp " not in c, c
+
+
+def test_a_missing_input_folder_stops_the_run_before_any_job(tmp_path):
+    over = overlay(
+        tmp_path,
+        "missing.yaml",
+        {"data": {"benchmarks_dir": str(tmp_path / "nowhere"),
+                  "puzzles": {"frozenlake": {"test_source": "vsp"}}}},
+    )  # fmt: skip
+    proc = snakemake(tmp_path, "-n", "--configfile", str(SMOKE), str(over), check=False)
+    out = proc.stdout + proc.stderr
+    assert (
+        proc.returncode != 0
+        and f"data.benchmarks_dir: {tmp_path / 'nowhere'} is not a folder" in out
+    )
+    assert "benchmark test sets of frozenlake" in out and not (tmp_path / "results").exists()
