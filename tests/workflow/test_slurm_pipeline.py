@@ -43,7 +43,11 @@ CI_OVERRIDES = [
 COMMAND = [sys.executable, "-m", "snakemake", "--profile", "slurm", "all", "--configfile"]
 COMMAND += [*PRESETS, *CI_OVERRIDES, "--workflow-profile", "none"]
 USER_VARIABLES = ("MGSD_SLURM_PARTITION", "MGSD_SLURM_ACCOUNT")
-GPU_RULES = frozenset({"symbolic_pretrain", "grounding", "sft_direct", "distill", "evaluate"})
+GPU_RULES = frozenset(
+    {"symbolic_pretrain", "grounding", "sft_direct", "grounding_sft", "distill", "evaluate",
+     "premise_eval"}
+)  # fmt: skip
+STAGE_OF_RULE = {"premise_eval": "evaluate"}  # the config section whose resources a rule asks
 CANCELLED_RULE = "symbolic_pretrain"  # its model is "base", its resume folder resume/base
 # generous: the data and scratch jobs run first, on a 2-core CI machine shared with other jobs
 START_TIMEOUT_S = 900
@@ -104,6 +108,10 @@ def _slurm_jobs(workdir: Path) -> dict[str, dict[str, str]]:
 def _rule(job: dict[str, str]) -> str:
     match = COMMENT_RE.match(job.get("Comment", ""))
     return match.group(1) if match else f"<no rule: Comment={job.get('Comment')!r}>"
+
+
+def _stage(rule: str) -> str:
+    return STAGE_OF_RULE.get(rule, rule)
 
 
 def _gpus(job: dict[str, str]) -> int:
@@ -235,16 +243,17 @@ def test_smoke_pipeline_on_slurm_resumes_cancelled_training(slurm_cluster, tmp_p
     wrong = {
         i: (_rule(j), _gpus(j))
         for i, j in jobs.items()
-        if _gpus(j) != (resources(cfg, _rule(j)).gpus if _rule(j) in GPU_RULES else 0)
+        if _gpus(j) != (resources(cfg, _stage(_rule(j))).gpus if _rule(j) in GPU_RULES else 0)
     }
     assert not wrong, f"jobs asking the wrong number of GPUs (id: rule, gpus): {wrong}\n{report}"
-    assert all(resources(cfg, rule).gpus >= 1 for rule in GPU_RULES), cfg.resources
+    assert all(resources(cfg, _stage(rule)).gpus >= 1 for rule in GPU_RULES), cfg.resources
 
     # ...and saw them: Slurm set CUDA_VISIBLE_DEVICES for every model the GPU jobs loaded (the
     # CI GPUs are fake devices, so the code falls back to the CPU there)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu_logs = [f"logs/models/{m}.log" for m in trained_models(cfg)]
     gpu_logs += [f"logs/eval/{m}.log" for m in dict.fromkeys(map(eval_model, cfg.methods))]
+    gpu_logs.append("logs/eval/premise.log")
     for name in gpu_logs:
         loads = LOADING_RE.findall((workdir / cfg.root / name).read_text())
         assert loads, f"{name}: no 'loading ...' line\n{report}"
