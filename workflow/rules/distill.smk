@@ -121,5 +121,4 @@ if swept(CFG, "distill"):
             swept_keys=" ".join(CFG.sweep.get("distill", {})),
             out=lambda wc: f"{ROOT}/models/{wc.method}",
         shell:
-            "mgsd select --candidates {params.candidates:q} --metric {params.metric:q}"
-            " --keys {params.swept_keys} --out {params.out:q} > {log:q} 2>&1"
+            SELECT_SHELL

@@ -17,6 +17,13 @@ SFT_SHELL = (
 )
 
 
+# Keep the best candidate of a sweep on validation (src/mgsd/train/select.py); distill.smk too.
+SELECT_SHELL = (
+    "mgsd select --candidates {params.candidates:q} --metric {params.metric:q}"
+    " --keys {params.swept_keys} --out {params.out:q} > {log:q} 2>&1"
+)
+
+
 rule scratch_init:
     output:
         directory(f"{ROOT}/models/scratch/model"),
@@ -149,5 +156,4 @@ for _method, _init in SFT_INITS.items():
                 swept_keys=" ".join(CFG.sweep[_method]),
                 out=f"{ROOT}/models/{_method}",
             shell:
-                "mgsd select --candidates {params.candidates:q} --metric {params.metric:q}"
-                " --keys {params.swept_keys} --out {params.out:q} > {log:q} 2>&1"
+                SELECT_SHELL
