@@ -30,6 +30,7 @@ from transformers import Qwen3VLForConditionalGeneration
 from mgsd.model import decode
 from mgsd.model.generate import generate
 from mgsd.model.tasks import make_example
+from mgsd.model.vision import batch_same_size_attention
 
 HBM_BYTES_PER_S = 4.8e12  # H200 datasheet
 
@@ -53,6 +54,7 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.device(device):
         model = Qwen3VLForConditionalGeneration(config).to(dtype).eval()
+    batch_same_size_attention(model)  # as load_model does
     weight_bytes = decode_weight_bytes(model)
     total_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     print(f"{args.shape}: {total_bytes / 1e9:.2f} GB of weights on {device} ({dtype}), "

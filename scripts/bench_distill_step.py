@@ -47,6 +47,7 @@ from mgsd.model.batching import collate_generate
 from mgsd.model.generate import Generation, generate
 from mgsd.model.scratch import SPECIAL_TOKENS, build_processor
 from mgsd.model.tasks import Instance, make_example
+from mgsd.model.vision import batch_same_size_attention
 from mgsd.train import common, distill
 
 REPO = Path(__file__).resolve().parents[1]
@@ -219,6 +220,7 @@ def main() -> None:
     insts = instances(args.batch, args.image)
     with torch.device(device):
         student = Qwen3VLForConditionalGeneration(config).to(getattr(torch, args.student_dtype))
+    batch_same_size_attention(student)  # as load_model does (the teacher copy keeps it)
     teacher = copy.deepcopy(student).eval().requires_grad_(False)
     if acc.device.type == "cuda" or args.dry_run:  # as load_model(trainable=False) on CUDA
         teacher.to(torch.bfloat16)

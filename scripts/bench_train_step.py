@@ -38,6 +38,7 @@ import torch
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from mgsd.model.lora import unwrap
+from mgsd.model.vision import batch_same_size_attention
 
 REPO = Path(__file__).resolve().parents[1]
 PEAK_FLOPS = 989e12  # H200 SXM, dense bf16
@@ -149,6 +150,7 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.device("meta" if args.dry_run else device):
         model = Qwen3VLForConditionalGeneration(config)
+    batch_same_size_attention(model)  # as load_model does
     if args.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from mgsd.model.vision import batch_same_size_attention
+
 STAGE_FILE = "mgsd_stage.json"
 # `org/name` with no local folder of that name is taken as a hub id; other missing paths are errors.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -117,6 +119,7 @@ def load_model(
         raise ModelLoadError(
             f"model folder {source} lacks {len(missing)} weights, e.g. {sorted(missing)[0]}"
         )
+    batch_same_size_attention(model)  # one attention call per vision block, not per picture
     model.train(trainable)
     model.requires_grad_(trainable)
     return model, processor
