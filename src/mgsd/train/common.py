@@ -181,6 +181,36 @@ def shard(indices: list[int], rank: int, world: int) -> list[int]:
     return indices[rank * k : (rank + 1) * k]
 
 
+class _StepBatches(torch.utils.data.Dataset):
+    def __init__(self, make: typing.Callable[[int], Any], steps: range):
+        self.make, self.steps = make, steps
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.make(self.steps[i])
+
+
+def prefetched(make: typing.Callable[[int], Any], steps: range, workers: int) -> Iterable[Any]:
+    """`make(step)` for every step, in order; with `workers` > 0 built ahead in that many
+    worker processes, so that building a batch on the host (prompts, tokenizer, picture
+    preprocessing) overlaps the accelerator's work on the previous one. Batches are a pure
+    function of the step, so the result is the same for any number of workers."""
+    if workers == 0:
+        return (make(s) for s in steps)
+    # forked workers must not start tokenizer threads of their own (the library warns)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # fork: the workers inherit `make` (a closure over the loaded data and processor) as is
+    return torch.utils.data.DataLoader(
+        _StepBatches(make, steps),
+        batch_size=None,
+        num_workers=workers,
+        prefetch_factor=2,
+        multiprocessing_context="fork",
+    )
+
+
 # ---------------------------------------------------------------- the update
 
 

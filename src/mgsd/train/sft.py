@@ -136,7 +136,9 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
         )
     updater = common.Updater(acc, opt, sched, trainable, cfg.grad_clip, args.stage)
     t_start, last = time.perf_counter(), {}
-    for step in range(start, cfg.steps):
+
+    def make_batches(step: int) -> list[dict]:
+        """This process's micro-batches of `step` (a pure function of the step)."""
         slots = common.shard(
             mixture.slots(
                 common.batch_indices(len(train_set), cfg.batch_size, cfg.seed, step), step
@@ -150,10 +152,14 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
             )
             for x in slots
         ]
-        batches = [
+        return [
             collate_train(processor, examples[j : j + micro])
             for j in range(0, len(examples), micro)
         ]
+
+    steps = range(start, cfg.steps)
+    batches_of = common.prefetched(make_batches, steps, cfg.data_workers)
+    for step, batches in zip(steps, batches_of, strict=True):
         # normalise by the reply tokens of the whole global batch: DDP averages gradients over
         # processes, so each process scales its share by the number of processes
         own = torch.tensor(
