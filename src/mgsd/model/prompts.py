@@ -157,8 +157,8 @@ def symbolic_messages(
     hint = None if plan is None else module.format_answer(list(plan))
     if style == "compact":
         lines = [f"{puzzle_name}: state", description]
-        if hint is not None:
-            lines.append(f"reference plan: {hint}")
+        if hint is not None:  # in the reply's own tokens, so that the answer is a plain copy
+            lines.append(f"reference plan:\n<answer>{hint}</answer>")
         lines.append("Reply: state, then plan.")
         return _user("\n".join(lines), image=False)
     lines = [
