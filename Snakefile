@@ -2,11 +2,12 @@
 #   snakemake --cores all all                          (the default preset, pipeline_config.yaml)
 #   snakemake --cores all all --configfile presets/smoke.yaml
 #   snakemake --profile slurm all                      (a Slurm cluster; see README)
+#   snakemake --cores all all --config grounding='{steps: 100}'   (only grounding.steps changes)
 import os
 
 from snakemake.exceptions import WorkflowError
 
-from mgsd.config import ConfigError, check_inputs, load, section_json
+from mgsd.config import ConfigError, check_inputs, load_file, section_json
 from mgsd.workflow import (
     DISTILL_SETUPS,
     PREMISE_CONDITIONS,
@@ -37,12 +38,21 @@ from mgsd.workflow import (
     train_logs,
 )
 
+DEFAULT_CONFIG = os.path.join(workflow.basedir, "pipeline_config.yaml")
 
-configfile: os.path.join(workflow.basedir, "pipeline_config.yaml")
+
+configfile: DEFAULT_CONFIG
 
 
+# The config files in order, then the --config overrides read as YAML (mgsd.config.command_line):
+# Snakemake's own `config` holds those as text ('true', 'null', '100').
+_settings = workflow.config_settings
 try:
-    CFG = load(config)
+    CFG = load_file(
+        *([] if _settings.replace_workflow_config else [DEFAULT_CONFIG]),
+        *_settings.configfiles,
+        overrides=_settings.config,
+    )
     check_inputs(CFG)  # relative paths are read from the working directory
 except ConfigError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None

@@ -235,3 +235,20 @@ def test_a_missing_input_folder_stops_the_run_before_any_job(tmp_path):
         and f"data.benchmarks_dir: {tmp_path / 'nowhere'} is not a folder" in out
     )
     assert "benchmark test sets of frozenlake" in out and not (tmp_path / "results").exists()
+
+
+def test_command_line_overrides_change_only_the_given_keys(tmp_path):
+    """`--config section='{key: value}'` (values as Snakemake hands them: text) changes those keys
+    of the jobs' sections and leaves the rest as the config files set it."""
+    proc = snakemake(
+        tmp_path, "-n", "-p", "all", "--configfile", str(SMOKE),
+        "--config", "grounding={steps: 7, train_vision: false}", "distill={kl_baseline: true}",
+    )  # fmt: skip
+    commands = [line for line in proc.stdout.splitlines() if "Shell command: " in line]
+    grounding = next(c for c in commands if "train-sft --stage grounding " in c)
+    assert '"steps":7,' in grounding and '"train_vision":false' in grounding
+    assert '"batch_size":8,' in grounding and '"eval_every":2,' in grounding  # smoke.yaml's
+    mgsd = next(c for c in commands if "distill --method mgsd " in c)
+    assert '"kl_baseline":true' in mgsd and '"steps":3,' in mgsd
+    sft = next(c for c in commands if "train-sft --stage sft_direct " in c)
+    assert '"steps":4,' in sft and '"train_vision":true' in sft
