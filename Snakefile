@@ -39,6 +39,8 @@ from mgsd.workflow import (
 )
 
 DEFAULT_CONFIG = os.path.join(workflow.basedir, "pipeline_config.yaml")
+# where --use-conda installs mgsd from (envs/mgsd.yaml: the file is used from a copy elsewhere)
+os.environ["MGSD_SOURCE_DIR"] = workflow.basedir
 
 
 configfile: DEFAULT_CONFIG
