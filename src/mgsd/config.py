@@ -157,6 +157,23 @@ class LoraConfig:
     )
 
 
+# experiment trackers of accelerate (mgsd.train.common.JsonlLogger feeds them the log's metrics)
+Tracker = Literal[
+    "tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab", "trackio"
+]
+
+
+def _log_with_field():
+    """The `log_with` option shared by the supervised and the distillation stages."""
+    return _f(
+        (),
+        help="experiment trackers fed the training log's metrics (off when empty), e.g. "
+        "[tensorboard]: event files beside the live log (tensorboard --logdir "
+        "results/<run>/resume; pip install 'mgsd[track]'); wandb, mlflow, aim, comet_ml, "
+        "clearml, dvclive, swanlab, trackio need their own package and settings",
+    )
+
+
 def _compile_field():
     """The `compile` switch shared by the supervised and the distillation stages."""
     return _f(
@@ -217,6 +234,7 @@ class TrainConfig:
         "optimizer state: about 96 GB for a 4B model under full fine-tuning)",
     )
     log_every: int = _f(1, help="log every K steps", ge=1)
+    log_with: tuple[Tracker, ...] = _log_with_field()
     seed: int = _f(0, help="seed of batch order and dropout", ge=0)
 
 
@@ -275,6 +293,7 @@ class DistillConfig:
         "optimizer state: about 96 GB for a 4B model under full fine-tuning)",
     )
     log_every: int = _f(1, help="log every K steps", ge=1)
+    log_with: tuple[Tracker, ...] = _log_with_field()
     seed: int = _f(0, help="seed of batch order and sampling", ge=0)
 
 

@@ -179,7 +179,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
     start = common.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
     if ckpt:
         print(f"resuming {args.method} from {ckpt} (step {start} of {cfg.steps})", file=sys.stderr)
-    log, stop = common.JsonlLogger(args.log, start), common.StopSignal()
+    log, stop = common.JsonlLogger(args.log, start, cfg=cfg, name=args.method), common.StopSignal()
     meter, bar = common.Meter(acc.device), common.progress(cfg.steps, start, args.method)
     raw = acc.unwrap_model(model)
     if cfg.batch_size % acc.num_processes:

@@ -125,7 +125,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     start = common.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
     if ckpt:
         print(f"resuming {args.stage} from {ckpt} (step {start} of {cfg.steps})", file=sys.stderr)
-    log, stop = common.JsonlLogger(args.log, start), common.StopSignal()
+    log, stop = common.JsonlLogger(args.log, start, cfg=cfg, name=args.stage), common.StopSignal()
     meter, bar = common.Meter(acc.device), common.progress(cfg.steps, start, args.stage)
     raw = acc.unwrap_model(model)
     micro = cfg.batch_size // cfg.grad_accum // acc.num_processes
