@@ -28,6 +28,10 @@ STAGES = {
     "tables": ("mgsd.report.tables", "paper tables from the evaluation records"),
     "plots": ("mgsd.report.plots", "figures from the evaluation records and training logs"),
     "check-config": ("mgsd.config_cli", "validate a configuration and print it"),
+    "progress": (
+        "mgsd.report.progress",
+        "where each training stage of a run stands (step, loss or KL, ETA), from its logs",
+    ),
 }
 
 
