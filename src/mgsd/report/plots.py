@@ -324,7 +324,11 @@ def save(fig: Figure, out: Path, name: str, cfg: PlotsConfig) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgsd plots", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="mgsd plots",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--records", nargs="+", required=True, help="evaluation record Parquet files")
     ap.add_argument("--train-logs", nargs="*", default=[], help="models/<method>/train_log.jsonl")
     ap.add_argument("--config", default="{}", help="JSON of the plots config section (or @FILE)")

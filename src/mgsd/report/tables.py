@@ -628,7 +628,11 @@ def build_tables(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgsd tables", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="mgsd tables",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--records", nargs="+", required=True, help="evaluation record Parquet files")
     ap.add_argument(
         "--premise", nargs="*", default=[], help="the base model's validation records (premise)"
