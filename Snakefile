@@ -12,6 +12,7 @@ from mgsd.workflow import (
     DISTILL_SETUPS,
     PREMISE_CONDITIONS,
     REPLICATE,
+    REPORT_CONFIGS,
     SELECT_ON,
     SFT_INITS,
     SWEPT_DISTILL,
@@ -40,7 +41,7 @@ from mgsd.workflow import (
 
 DEFAULT_CONFIG = os.path.join(workflow.basedir, "pipeline_config.yaml")
 # where --use-conda installs mgsd from (envs/mgsd.yaml: the file is used from a copy elsewhere)
-os.environ["MGSD_SOURCE_DIR"] = workflow.basedir
+os.environ.update(MGSD_SOURCE_DIR=workflow.basedir)
 
 
 configfile: DEFAULT_CONFIG
@@ -69,6 +70,7 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    """Every evaluation, table and figure of the run: the default target."""
     default_target: True
     input:
         report_files(CFG),
@@ -76,10 +78,12 @@ rule all:
 
 
 rule data:
+    """Only the datasets: every puzzle's train, val and test Parquet files."""
     input:
         data_files(CFG),
 
 
 rule premise:
+    """Only what the premise needs: the base model measured on the validation split."""
     input:
         premise_outputs(CFG),

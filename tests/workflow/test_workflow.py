@@ -252,3 +252,36 @@ def test_command_line_overrides_change_only_the_given_keys(tmp_path):
     assert '"kl_baseline":true' in mgsd and '"steps":3,' in mgsd
     sft = next(c for c in commands if "train-sft --stage sft_direct " in c)
     assert '"steps":4,' in sft and '"train_vision":true' in sft
+
+
+def job_outputs(proc: subprocess.CompletedProcess, rule: str) -> list[str]:
+    """The declared outputs of the (first) job of `rule` in a dry run's listing."""
+    lines = proc.stdout.splitlines()
+    start = lines.index(f"rule {rule}:")
+    line = next(x for x in lines[start:] if x.strip().startswith("output: "))
+    return line.strip().removeprefix("output: ").split(", ")
+
+
+def test_every_file_of_the_report_jobs_is_declared(tmp_path):
+    """tables and plots write their config beside their outputs: declared, so that Snakemake
+    knows every file in those folders (the report modules' tests check they write no other)."""
+    from mgsd.report import plots, tables
+
+    proc = snakemake(tmp_path, "-n", "all", "--configfile", str(SMOKE))
+    written = {
+        "tables": [*tables.table_files(), tables.CONFIG_FILE],
+        "plots": [*plots.figure_files(("png", "pdf")), plots.CONFIG_FILE],
+    }
+    for rule, names in written.items():
+        assert sorted(Path(f).name for f in job_outputs(proc, rule)) == sorted(names), rule
+
+
+def test_list_rules_explains_every_rule(tmp_path):
+    over = overlay(tmp_path, "sweep.yaml", {"sweep": {"grounding": {"lr": [1e-3, 2e-3]},
+                                                      "distill": {"lr": [1e-4, 3e-4]}}})  # fmt: skip
+    proc = snakemake(tmp_path, "--list-rules", "--configfile", str(SMOKE), str(over))
+    rules = [line for line in proc.stdout.splitlines() if line and not line.startswith("Config")]
+    assert len(rules) == 17, rules  # every rule, the sweep's candidate and select rules too
+    for line in rules:
+        name, _, doc = line.partition(" (")
+        assert len(doc) > 30 and doc.endswith(".)"), line

@@ -85,8 +85,12 @@ PREMISE_COLUMNS = (  # (condition, metric, header)
 )
 
 
+CONFIG_FILE = "tables_config.json"  # the section the tables were made with
+
+
 def table_files() -> list[str]:
-    """The file names `main` writes into --out (what the Snakefile declares)."""
+    """The file names `main` writes into --out besides `CONFIG_FILE` (the Snakefile declares
+    both)."""
     return [f"{name}.{fmt}" for name in TABLES for fmt in FORMATS]
 
 
@@ -652,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     for name, table in build_tables(df, cfg, premise, logs).items():
         write_table(table, out, name)
-    atomic_write_text(out / "tables_config.json", section_json(cfg) + "\n")
+    atomic_write_text(out / CONFIG_FILE, section_json(cfg) + "\n")
     return 0
 
 
