@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from mgsd.config import ConfigError, TrainConfig
+from mgsd.config import ConfigError, DistillConfig, TrainConfig
 from mgsd.train import common
 from mgsd.train.common import (
     EXIT_RESUMABLE,
@@ -334,6 +334,9 @@ def test_a_missing_tracker_names_the_key_and_what_to_install(tmp_path, monkeypat
     with pytest.raises(ConfigError, match=r"grounding.log_with: tensorboard is not installed "
                        r"\(pip install 'mgsd\[track\]'\)"):  # fmt: skip
         JsonlLogger(tmp_path / "log.jsonl", 0, enabled=True, cfg=cfg, name="grounding")
+    distill = DistillConfig(steps=4, batch_size=2, max_new_tokens=8, lr=1e-3, log_with=("wandb",))
+    with pytest.raises(ConfigError, match=r"^distill.log_with: wandb is not installed"):
+        JsonlLogger(tmp_path / "log.jsonl", 0, enabled=True, cfg=distill, name="mgsd")
 
 
 def test_tensorboard_tracker_writes_the_log_metrics_and_a_resume_hides_the_redone_steps(tmp_path):

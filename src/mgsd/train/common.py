@@ -574,12 +574,13 @@ def start_trackers(names: Iterable[str], folder: Path, name: str, cfg: Any) -> l
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
     available = {str(t) for t in get_available_trackers()}
+    section = "distill" if isinstance(cfg, config.DistillConfig) else name  # its config key
     trackers = []
     for tracker_name in names:
         if tracker_name not in available:
             package = _TRACKER_PACKAGE.get(tracker_name, tracker_name)
             raise config.ConfigError(
-                f"{name}.log_with: {tracker_name} is not installed (pip install {package})"
+                f"{section}.log_with: {tracker_name} is not installed (pip install {package})"
             )
         cls = LOGGER_TYPE_TO_CLASS[tracker_name]
         tracker = cls(name or "mgsd", folder) if cls.requires_logging_directory else cls("mgsd")
