@@ -233,8 +233,8 @@ class TrainConfig:
         help="keep the resumable checkpoints after the final model is written (they hold the "
         "optimizer state: about 96 GB for a 4B model under full fine-tuning)",
     )
-    log_every: int = _f(1, help="log every K steps", ge=1)
     log_with: tuple[Tracker, ...] = _log_with_field()
+    log_every: int = _f(1, help="log every K steps", ge=1)
     seed: int = _f(0, help="seed of batch order and dropout", ge=0)
 
 
@@ -292,8 +292,8 @@ class DistillConfig:
         help="keep the resumable checkpoints after the final model is written (they hold the "
         "optimizer state: about 96 GB for a 4B model under full fine-tuning)",
     )
-    log_every: int = _f(1, help="log every K steps", ge=1)
     log_with: tuple[Tracker, ...] = _log_with_field()
+    log_every: int = _f(1, help="log every K steps", ge=1)
     seed: int = _f(0, help="seed of batch order and sampling", ge=0)
 
 
