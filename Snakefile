@@ -2,15 +2,17 @@
 #   snakemake --cores all all                          (the default preset, pipeline_config.yaml)
 #   snakemake --cores all all --configfile presets/smoke.yaml
 #   snakemake --profile slurm all                      (a Slurm cluster; see README)
+#   snakemake --cores all all --config grounding='{steps: 100}'   (only grounding.steps changes)
 import os
 
 from snakemake.exceptions import WorkflowError
 
-from mgsd.config import ConfigError, check_inputs, load, section_json
+from mgsd.config import ConfigError, check_inputs, load_file, section_json
 from mgsd.workflow import (
     DISTILL_SETUPS,
     PREMISE_CONDITIONS,
     REPLICATE,
+    REPORT_CONFIGS,
     SELECT_ON,
     SFT_INITS,
     SWEPT_DISTILL,
@@ -37,12 +39,23 @@ from mgsd.workflow import (
     train_logs,
 )
 
+DEFAULT_CONFIG = os.path.join(workflow.basedir, "pipeline_config.yaml")
+# where --use-conda installs mgsd from (envs/mgsd.yaml: the file is used from a copy elsewhere)
+os.environ.update(MGSD_SOURCE_DIR=workflow.basedir)
 
-configfile: os.path.join(workflow.basedir, "pipeline_config.yaml")
+
+configfile: DEFAULT_CONFIG
 
 
+# The config files in order, then the --config overrides read as YAML (mgsd.config.command_line):
+# Snakemake's own `config` holds those as text ('true', 'null', '100').
+_settings = workflow.config_settings
 try:
-    CFG = load(config)
+    CFG = load_file(
+        *([] if _settings.replace_workflow_config else [DEFAULT_CONFIG]),
+        *_settings.configfiles,
+        overrides=_settings.config,
+    )
     check_inputs(CFG)  # relative paths are read from the working directory
 except ConfigError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
@@ -57,6 +70,7 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    """Every evaluation, table and figure of the run: the default target."""
     default_target: True
     input:
         report_files(CFG),
@@ -64,10 +78,12 @@ rule all:
 
 
 rule data:
+    """Only the datasets: every puzzle's train, val and test Parquet files."""
     input:
         data_files(CFG),
 
 
 rule premise:
+    """Only what the premise needs: the base model measured on the validation split."""
     input:
         premise_outputs(CFG),

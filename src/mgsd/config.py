@@ -18,6 +18,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -156,6 +157,23 @@ class LoraConfig:
     )
 
 
+# experiment trackers of accelerate (mgsd.train.common.JsonlLogger feeds them the log's metrics)
+Tracker = Literal[
+    "tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab", "trackio"
+]
+
+
+def _log_with_field():
+    """The `log_with` option shared by the supervised and the distillation stages."""
+    return _f(
+        (),
+        help="experiment trackers fed the training log's metrics (off when empty), e.g. "
+        "[tensorboard]: event files beside the live log (tensorboard --logdir "
+        "results/<run>/resume; pip install 'mgsd[track]'); wandb, mlflow, aim, comet_ml, "
+        "clearml, dvclive, swanlab, trackio need their own package and settings",
+    )
+
+
 def _compile_field():
     """The `compile` switch shared by the supervised and the distillation stages."""
     return _f(
@@ -215,6 +233,7 @@ class TrainConfig:
         help="keep the resumable checkpoints after the final model is written (they hold the "
         "optimizer state: about 96 GB for a 4B model under full fine-tuning)",
     )
+    log_with: tuple[Tracker, ...] = _log_with_field()
     log_every: int = _f(1, help="log every K steps", ge=1)
     data_workers: int = _f(
         0,
@@ -279,6 +298,7 @@ class DistillConfig:
         help="keep the resumable checkpoints after the final model is written (they hold the "
         "optimizer state: about 96 GB for a 4B model under full fine-tuning)",
     )
+    log_with: tuple[Tracker, ...] = _log_with_field()
     log_every: int = _f(1, help="log every K steps", ge=1)
     seed: int = _f(0, help="seed of batch order and sampling", ge=0)
 
@@ -658,8 +678,9 @@ def load(raw: dict) -> Config:
     return cfg
 
 
-def load_file(*paths: str | Path) -> Config:
-    """Load and merge YAML files (later ones overlay earlier ones, as with --configfile)."""
+def load_file(*paths: str | Path, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load and merge YAML files (later ones overlay earlier ones, as with --configfile), then
+    the command-line `overrides` (`snakemake --config`, read by `command_line`)."""
     merged: dict = {}
     for p in paths:
         try:
@@ -673,7 +694,36 @@ def load_file(*paths: str | Path) -> Config:
         if not isinstance(doc, dict):
             raise ConfigError(f"{p}: the top level must be a mapping")
         merged = merge(merged, doc)
-    return load(merged)
+    return load(merge(merged, command_line(overrides or {})))
+
+
+def command_line(overrides: Mapping[str, Any]) -> dict:
+    """Command-line overrides (`snakemake --config KEY=VALUE ...`) as the YAML they were written in.
+
+    Snakemake reads each VALUE with YAML's base loader: a mapping stays a mapping, but every
+    scalar in it arrives as text ('100', 'true', 'null'), and a value it cannot read arrives
+    whole as a string. Each text is read again as YAML here: a KEY's whole value may be a
+    mapping or a list (``grounding='{steps: 100}'``), merged into the files' section so that
+    only the given keys change; a text inside a mapping or list is read as a scalar only (one
+    that was quoted as a mapping stays text).
+    """
+    return {k: _reread(v, whole=True) for k, v in overrides.items()}
+
+
+def _reread(value: Any, whole: bool = False) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _reread(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_reread(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value  # the key's check names it (e.g. "expected a mapping, got '{steps: 1'")
+    if isinstance(parsed, (dict, list)) and not whole:
+        return value
+    return parsed
 
 
 def merge(base: dict, over: dict) -> dict:

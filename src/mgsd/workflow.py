@@ -66,6 +66,8 @@ TABLES = (
 # the premise of the experiment, measured on the base model and the validation split
 PREMISE_CONDITIONS = ("image", "text", "image_oracle_state", "teacher")
 FIGURES = ("success_vs_side", "modality_gap", "error_decomposition", "training_curves")
+# the section each report job was made with, written beside its outputs (a declared output too)
+REPORT_CONFIGS = {"tables": "tables_config.json", "figures": "plots_config.json"}
 
 
 # ------------------------------------------------------------------ sweeps and replicates

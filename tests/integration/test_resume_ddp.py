@@ -95,8 +95,10 @@ def _run(work: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def _log(work: Path) -> list[dict]:
+    """The log's rows without their time (it differs per run)."""
     path = work / "train_log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [{k: v for k, v in r.items() if k != "time"} for r in rows]
 
 
 def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 60.0) -> None:

@@ -102,9 +102,10 @@ def read_log(run: Path) -> list[dict]:
 
 
 def train_rows(run: Path) -> list[dict]:
-    """The per-step rows of the log (train/*), without the throughput that differs per run."""
+    """The per-step rows of the log (train/*), without the throughput and time that differ per
+    run."""
     rows = [r for r in read_log(run) if "train/loss" in r]
-    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith("perf/") and k != "time"} for r in rows]
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

@@ -162,3 +162,58 @@ def test_numbers_written_as_text_are_read_and_non_finite_ones_rejected():
             C.load(_raw(grounding={"lr": bad}))
     with pytest.raises(C.ConfigError, match="grounding.steps: expected an integer, got '4.5'"):
         C.load(_raw(grounding={"steps": "4.5"}))
+
+
+SMOKE = REPO / "presets" / "smoke.yaml"
+
+
+def test_command_line_overrides_change_only_the_given_keys():
+    """`snakemake --config KEY=VALUE` hands each VALUE over as YAML's base loader reads it: every
+    scalar as text ('100', 'false', 'null'); they are read as YAML and merged into the files."""
+    from snakemake.cli import parse_config
+
+    cli = parse_config(
+        [
+            "grounding={steps: 100, train_vision: false}",
+            'distill={"lr": 1e-4, "kl_baseline": true}',
+            "data={benchmarks_dir: null, puzzles: {maze: {levels: [3, 4]}}}",
+            "methods=[base, sft_direct]",
+        ]
+    )
+    assert cli["grounding"] == {"steps": "100", "train_vision": "false"}  # what Snakemake hands
+    files = C.load_file(DEFAULT, SMOKE)
+    cfg = C.load_file(DEFAULT, SMOKE, overrides=cli)
+    assert cfg.grounding.steps == 100 and cfg.grounding.train_vision is False
+    assert cfg.grounding.lr == files.grounding.lr and cfg.grounding.batch_size == 8  # the files'
+    assert cfg.distill.lr == 1e-4 and cfg.distill.kl_baseline is True
+    assert cfg.distill.steps == files.distill.steps
+    assert cfg.data.benchmarks_dir is None and cfg.data.puzzles["maze"].levels == (3, 4)
+    assert cfg.data.puzzles["maze"].train_per_level == 48
+    assert cfg.methods == ("base", "sft_direct")
+
+
+def test_a_whole_section_given_as_text_is_merged_and_quoted_text_stays_text():
+    files = C.load_file(DEFAULT, SMOKE)
+    cfg = C.load_file(DEFAULT, SMOKE, overrides={"grounding": "{steps: 100, lr: 1e-3}"})
+    assert cfg.grounding.steps == 100 and cfg.grounding.lr == 1e-3
+    assert cfg.grounding.eval_every == files.grounding.eval_every
+    assert C.command_line({"run": "other", "data": {"benchmarks_dir": "{a: 1}"}}) == {
+        "run": "other",
+        "data": {"benchmarks_dir": "{a: 1}"},  # a quoted mapping inside a mapping stays text
+    }
+    with pytest.raises(C.ConfigError, match=r"grounding: expected a mapping, got '\{steps: 1'"):
+        C.load_file(DEFAULT, overrides={"grounding": "{steps: 1"})
+    with pytest.raises(C.ConfigError, match="distill.kl_baseline: expected true or false"):
+        C.load_file(DEFAULT, overrides={"distill": {"kl_baseline": "maybe"}})
+
+
+def test_check_config_takes_command_line_overrides(capsys):
+    from mgsd import config_cli
+
+    argv = [str(DEFAULT), str(SMOKE), "--config", "grounding={steps: 100}", "run=other"]
+    assert config_cli.main(argv) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["grounding"]["steps"] == 100 and printed["run"] == "other"
+    assert printed["grounding"]["batch_size"] == 8
+    assert config_cli.main([str(DEFAULT), "--config", "grounding"]) == 1
+    assert "expected KEY=VALUE" in capsys.readouterr().err

@@ -68,6 +68,7 @@ def test_cli_writes_every_figure_in_every_format(tmp_path):
         head = (out / name).read_bytes()[:8]
         assert head.startswith(b"\x89PNG" if name.endswith(".png") else b"%PDF"), name
     assert json.loads((out / "plots_config.json").read_text())["dpi"] == 60
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "plots_config.json"])  # only
 
 
 def test_figures_without_data_still_written(tmp_path):
@@ -140,3 +141,4 @@ def test_the_workflow_declares_these_figures():
     from mgsd import workflow
 
     assert workflow.FIGURES == plots.FIGURES
+    assert workflow.REPORT_CONFIGS["figures"] == plots.CONFIG_FILE

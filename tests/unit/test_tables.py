@@ -88,6 +88,10 @@ def test_every_declared_file_is_written(out):
     for name in tables.table_files():
         assert (out / name).stat().st_size > 0, name
     assert json.loads((out / "tables_config.json").read_text())["bootstrap"] == 50
+    # and nothing else: Snakemake would not know a file it was not told of
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*tables.table_files(), "tables_config.json"]
+    )
 
 
 def test_main_golden(out):
@@ -200,6 +204,7 @@ def test_the_workflow_declares_these_tables():
     from mgsd import workflow
 
     assert workflow.TABLES == tables.TABLES
+    assert workflow.REPORT_CONFIGS["tables"] == tables.CONFIG_FILE
 
 
 def test_premise_table_reads_the_validation_records_and_checks_the_targets(tmp_path):

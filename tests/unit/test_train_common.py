@@ -6,10 +6,12 @@ import json
 import math
 import os
 import signal
+import time
 
 import pytest
 import torch
 
+from mgsd.config import ConfigError, DistillConfig, TrainConfig
 from mgsd.train import common
 from mgsd.train.common import (
     EXIT_RESUMABLE,
@@ -169,6 +171,7 @@ def test_logger_resume_drops_later_lines(tmp_path):
     log.close()
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert abs(rows[0].pop("time") - time.time()) < 60  # seconds since the epoch
     assert rows[0] == {"step": 1, "train/loss": 1.0, "train/lr": 0.1} and rows[3]["train/loss"] == 9
     JsonlLogger(path, 0, enabled=True).close()  # a fresh run starts an empty log
     assert path.read_text() == ""
@@ -273,3 +276,85 @@ def test_a_non_finite_gradient_skips_the_update_and_too_many_stop_the_run():
             backward(float("inf"))
             up.step()
     assert up.skipped == 1 + common.MAX_NONFINITE_IN_A_ROW
+
+
+class _Recorder:
+    """A stand-in accelerate tracker that keeps what it is given."""
+
+    name, requires_logging_directory, runs = "recorder", False, []
+
+    def __init__(self, run_name):
+        self.run_name, self.config, self.logged, self.done = run_name, {}, [], 0
+        _Recorder.runs.append(self)
+
+    def start(self):
+        pass
+
+    def store_init_configuration(self, values):
+        self.config = values
+
+    def log(self, values, step=None):
+        self.logged.append((step, values))
+
+    def finish(self):
+        self.done += 1
+
+
+def test_trackers_get_the_metrics_of_the_log(tmp_path, monkeypatch):
+    """`log_with` feeds accelerate's trackers the numbers of every JSONL line, at its step."""
+    import accelerate.tracking
+
+    monkeypatch.setitem(accelerate.tracking.LOGGER_TYPE_TO_CLASS, "wandb", _Recorder)
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: ["wandb"])
+    _Recorder.runs = []
+    cfg = TrainConfig(steps=4, batch_size=2, lr=1e-3, log_with=("wandb",))
+    path = tmp_path / "train_log.jsonl"
+    log = JsonlLogger(path, 0, enabled=True, cfg=cfg, name="grounding")
+    log.log(1, {"train/loss": torch.tensor(0.5), "train/lr": 1e-3})
+    log.log(4, {"val/success": 0.25, "note": "text", "flag": True})
+    log.close()
+    (run,) = _Recorder.runs
+    assert run.run_name == "mgsd" and run.done == 1
+    assert run.config["stage"] == "grounding" and run.config["lr"] == 1e-3
+    assert run.config["lora/rank"] == 8 and run.config["log_with"] == '["wandb"]'
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["total_steps"] for r in rows] == [4, 4]
+    assert run.logged == [
+        (1, {"train/loss": 0.5, "train/lr": 1e-3}),
+        (4, {"val/success": 0.25}),  # numbers only, as in the JSONL line
+    ]
+    assert {k: rows[0][k] for k in run.logged[0][1]} == run.logged[0][1]
+
+
+def test_a_missing_tracker_names_the_key_and_what_to_install(tmp_path, monkeypatch):
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])
+    cfg = TrainConfig(steps=4, batch_size=2, lr=1e-3, log_with=("tensorboard",))
+    with pytest.raises(ConfigError, match=r"grounding.log_with: tensorboard is not installed "
+                       r"\(pip install 'mgsd\[track\]'\)"):  # fmt: skip
+        JsonlLogger(tmp_path / "log.jsonl", 0, enabled=True, cfg=cfg, name="grounding")
+    distill = DistillConfig(steps=4, batch_size=2, max_new_tokens=8, lr=1e-3, log_with=("wandb",))
+    with pytest.raises(ConfigError, match=r"^distill.log_with: wandb is not installed"):
+        JsonlLogger(tmp_path / "log.jsonl", 0, enabled=True, cfg=distill, name="mgsd")
+
+
+def test_tensorboard_tracker_writes_the_log_metrics_and_a_resume_hides_the_redone_steps(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = TrainConfig(steps=6, batch_size=2, lr=1e-3, log_with=("tensorboard",))
+    path = tmp_path / "train_log.jsonl"
+    log = JsonlLogger(path, 0, enabled=True, cfg=cfg, name="grounding")
+    for s in range(1, 5):
+        log.log(s, {"train/loss": 1.0 / s})
+    log.close()
+    log = JsonlLogger(path, 2, enabled=True, cfg=cfg, name="grounding")  # resumed at step 2
+    for s in range(3, 7):
+        log.log(s, {"train/loss": 10.0 * s})
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tracking" / "grounding"))
+    events.Reload()
+    seen = {e.step: e.value for e in events.Scalars("train/loss")}
+    rows = {r["step"]: r["train/loss"] for r in map(json.loads, path.read_text().splitlines())}
+    assert seen == pytest.approx(rows) and rows[2] == 0.5 and rows[4] == 40.0

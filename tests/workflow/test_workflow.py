@@ -235,3 +235,53 @@ def test_a_missing_input_folder_stops_the_run_before_any_job(tmp_path):
         and f"data.benchmarks_dir: {tmp_path / 'nowhere'} is not a folder" in out
     )
     assert "benchmark test sets of frozenlake" in out and not (tmp_path / "results").exists()
+
+
+def test_command_line_overrides_change_only_the_given_keys(tmp_path):
+    """`--config section='{key: value}'` (values as Snakemake hands them: text) changes those keys
+    of the jobs' sections and leaves the rest as the config files set it."""
+    proc = snakemake(
+        tmp_path, "-n", "-p", "all", "--configfile", str(SMOKE),
+        "--config", "grounding={steps: 7, train_vision: false}", "distill={kl_baseline: true}",
+    )  # fmt: skip
+    commands = [line for line in proc.stdout.splitlines() if "Shell command: " in line]
+    grounding = next(c for c in commands if "train-sft --stage grounding " in c)
+    assert '"steps":7,' in grounding and '"train_vision":false' in grounding
+    assert '"batch_size":8,' in grounding and '"eval_every":2,' in grounding  # smoke.yaml's
+    mgsd = next(c for c in commands if "distill --method mgsd " in c)
+    assert '"kl_baseline":true' in mgsd and '"steps":3,' in mgsd
+    sft = next(c for c in commands if "train-sft --stage sft_direct " in c)
+    assert '"steps":4,' in sft and '"train_vision":true' in sft
+
+
+def job_outputs(proc: subprocess.CompletedProcess, rule: str) -> list[str]:
+    """The declared outputs of the (first) job of `rule` in a dry run's listing."""
+    lines = proc.stdout.splitlines()
+    start = lines.index(f"rule {rule}:")
+    line = next(x for x in lines[start:] if x.strip().startswith("output: "))
+    return line.strip().removeprefix("output: ").split(", ")
+
+
+def test_every_file_of_the_report_jobs_is_declared(tmp_path):
+    """tables and plots write their config beside their outputs: declared, so that Snakemake
+    knows every file in those folders (the report modules' tests check they write no other)."""
+    from mgsd.report import plots, tables
+
+    proc = snakemake(tmp_path, "-n", "all", "--configfile", str(SMOKE))
+    written = {
+        "tables": [*tables.table_files(), tables.CONFIG_FILE],
+        "plots": [*plots.figure_files(("png", "pdf")), plots.CONFIG_FILE],
+    }
+    for rule, names in written.items():
+        assert sorted(Path(f).name for f in job_outputs(proc, rule)) == sorted(names), rule
+
+
+def test_list_rules_explains_every_rule(tmp_path):
+    over = overlay(tmp_path, "sweep.yaml", {"sweep": {"grounding": {"lr": [1e-3, 2e-3]},
+                                                      "distill": {"lr": [1e-4, 3e-4]}}})  # fmt: skip
+    proc = snakemake(tmp_path, "--list-rules", "--configfile", str(SMOKE), str(over))
+    rules = [line for line in proc.stdout.splitlines() if line and not line.startswith("Config")]
+    assert len(rules) == 17, rules  # every rule, the sweep's candidate and select rules too
+    for line in rules:
+        name, _, doc = line.partition(" (")
+        assert len(doc) > 30 and doc.endswith(".)"), line

@@ -3,6 +3,7 @@
 
 
 rule data_split:
+    """One (puzzle, split) Parquet file: generated instances, or a checked benchmark test set."""
     input:
         exclude=lambda wc: data_excludes(CFG, wc.puzzle, wc.split),
     output:

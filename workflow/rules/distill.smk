@@ -31,6 +31,7 @@ DISTILL_PARAMS = dict(
 
 
 rule distill:
+    """On-policy distillation of a method or a replicate from its symbolic teacher."""
     input:
         models=lambda wc: model_inputs(CFG, *distill_setup(wc.method)[:2]),
         chosen=lambda wc: chosen_distill_config(CFG, wc.method),
@@ -67,6 +68,7 @@ rule distill:
 if swept(CFG, "distill"):
 
     rule distill_candidate:
+        """One candidate setting of mgsd's distillation sweep, trained on its own."""
         input:
             models=lambda wc: model_inputs(CFG, *distill_setup(wc.method)[:2]),
             train=[data_file(CFG, p, "train") for p in CFG.data.puzzles],
@@ -95,6 +97,7 @@ if swept(CFG, "distill"):
             DISTILL_SHELL
 
     rule distill_select:
+        """mgsd's sweep candidate with the best validation success, and the settings chosen."""
         input:
             lambda wc: [
                 f"{ROOT}/models/{wc.method}/sweep/{c}/{f}"

@@ -3,6 +3,7 @@
 
 
 rule evaluate:
+    """One model on every puzzle's test set, under every input condition: records and metrics."""
     input:
         model=lambda wc: model_inputs(CFG, wc.method),
         data=[data_file(CFG, p, "test") for p in CFG.data.puzzles],
@@ -36,6 +37,7 @@ rule evaluate:
 # under every input condition and under the teacher's prompt, before any method. Its records feed
 # tables/premise; `snakemake premise` runs it alone.
 rule premise_eval:
+    """The base model on the validation split under every condition: tables/premise."""
     input:
         model=model_inputs(CFG, "base"),
         data=[data_file(CFG, p, "val") for p in CFG.data.puzzles],

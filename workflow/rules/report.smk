@@ -2,6 +2,7 @@
 
 
 rule tables:
+    """The paper's tables (csv, md, tex) from the evaluation records and training logs."""
     input:
         records=eval_files(CFG),
         premise=premise_outputs(CFG),
@@ -12,6 +13,7 @@ rule tables:
             for f in report_files(CFG)
             if "/tables/" in f
         ],
+        f"{ROOT}/tables/{REPORT_CONFIGS['tables']}",
     log:
         f"{ROOT}/logs/report/tables.log",
     benchmark:
@@ -31,6 +33,7 @@ rule tables:
 
 
 rule plots:
+    """The figures from the evaluation records and training logs."""
     input:
         records=eval_files(CFG),
         logs=train_logs(CFG),
@@ -40,6 +43,7 @@ rule plots:
             for f in report_files(CFG)
             if "/figures/" in f
         ],
+        f"{ROOT}/figures/{REPORT_CONFIGS['figures']}",
     log:
         f"{ROOT}/logs/report/plots.log",
     benchmark:

@@ -25,6 +25,7 @@ SELECT_SHELL = (
 
 
 rule scratch_init:
+    """Scratch backbones: a Qwen3-VL model with random weights and an offline processor."""
     output:
         directory(f"{ROOT}/models/scratch/model"),
     log:
@@ -44,6 +45,7 @@ rule scratch_init:
 
 
 rule symbolic_pretrain:
+    """Stage 0 of a scratch backbone: the mix of tasks that makes the base model."""
     input:
         init=f"{ROOT}/models/scratch/model",
         train=[data_file(CFG, p, "train") for p in CFG.data.puzzles],
@@ -91,6 +93,7 @@ for _method, _init in SFT_INITS.items():
     _name = f"{_method}/{{cand}}" if swept(CFG, _method) else _method
 
     rule:
+        f"""Supervised stage {_method}, trained from the {_init} model{" (a sweep candidate)" if swept(CFG, _method) else ""}."""
         name:
             f"{_method}_candidate" if swept(CFG, _method) else _method
         input:
@@ -130,6 +133,7 @@ for _method, _init in SFT_INITS.items():
     if swept(CFG, _method):
 
         rule:
+            f"""The {_method} candidate with the best validation success, and the settings chosen."""
             name:
                 f"{_method}_select"
             input:

@@ -1,4 +1,4 @@
-"""`mgsd generate`: build one (puzzle, split) data file.
+r"""`mgsd generate`: build one (puzzle, split) data file.
 
     mgsd generate --puzzle maze --split train --levels 3 4 --per-level 300 --seed 1 \
         --image-size 64 --out results/default/data/maze/train.parquet

@@ -1,15 +1,19 @@
-"""`mgsd evaluate`: one model on the test sets, under each input condition -> per-instance records.
+r"""`mgsd evaluate`: one model on the test sets of several puzzles, under several input
+conditions -> per-instance records.
 
     mgsd evaluate --model results/default/models/mgsd/model --method mgsd \
-        --data results/default/data/maze/test.parquet --conditions image text \
+        --data results/default/data/frozenlake/test.parquet results/default/data/maze/test.parquet \
+        --conditions image text image_oracle_state \
         --config '{"max_new_tokens": 192, ...}' --out-dir results/default/eval/mgsd
 
-Writes `<out-dir>/<puzzle>/<condition>.parquet` (one row per test instance; columns in
-`mgsd.data.records.EVAL_SCHEMA`) and a metrics JSON beside each. Conditions: `image` (the real
-task), `text` (the state as text: the model's symbolic upper bound) and `image_oracle_state` (the
-picture, with the true state forced as the start of the reply: planning under perfect
-perception). Decoding is greedy and batched; a reply that never closes an answer block is an
-unparsed failure, never an error.
+The model loads once; every file (one per puzzle) is evaluated under every condition, and each
+puzzle x condition writes `<out-dir>/<puzzle>/<condition>.parquet` (one row per test instance;
+columns in `mgsd.data.records.EVAL_SCHEMA`) and a metrics JSON beside it. Conditions: `image`
+(the real task), `text` (the state as text: the model's symbolic upper bound),
+`image_oracle_state` (the picture, with the true state forced as the start of the reply:
+planning under perfect perception) and `teacher` (the teacher's prompt: the state and the
+reference plan as text; the premise table reads it). Decoding is greedy and batched; a reply
+that never closes an answer block is an unparsed failure, never an error.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mgsd import puzzles
+from mgsd import cli_args, puzzles
 from mgsd.config import ConfigError, EvaluateConfig, load_section
 from mgsd.data import records
 from mgsd.model import prompts
@@ -135,28 +139,7 @@ def summary(rows: list[dict]) -> dict:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="mgsd evaluate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--model", required=True, help="model folder or hub id")
-    ap.add_argument("--method", required=True, help="method name written into the records")
-    ap.add_argument(
-        "--replicate", type=int, default=0, help="which seed of the method (0: its first run)"
-    )
-    ap.add_argument("--data", required=True, nargs="+", help="test Parquet files (one per puzzle)")
-    ap.add_argument(
-        "--conditions",
-        nargs="+",
-        default=["image"],
-        choices=sorted(CONDITION_TASK),
-        help="input conditions",
-    )
-    ap.add_argument("--config", required=True, help="the evaluate section as JSON (or @file)")
-    ap.add_argument("--prompt-style", default="compact", choices=("compact", "instruct"))
-    ap.add_argument("--out-dir", required=True, help="writes <puzzle>/<condition>.parquet here")
-    return ap.parse_args(argv)
+    return cli_args.evaluate().parse_args(argv)
 
 
 def main(argv: list[str]) -> int:

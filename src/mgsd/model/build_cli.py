@@ -1,4 +1,4 @@
-"""`mgsd build-scratch`: a Qwen3-VL architecture with random weights and an offline processor.
+r"""`mgsd build-scratch`: a Qwen3-VL architecture with random weights and an offline processor.
 
     mgsd build-scratch --config '<backbone.scratch as JSON>' --image-size 64 \
         --out results/default/models/scratch/model

@@ -99,8 +99,12 @@ PANELS = (
 PERCENT = ("val/success", "distill/parse_rate")  # logged as fractions, plotted in percent
 
 
+CONFIG_FILE = "plots_config.json"  # the section the figures were made with
+
+
 def figure_files(formats: Iterable[str] = ("png", "pdf")) -> list[str]:
-    """The file names `main` writes into --out (what the Snakefile declares)."""
+    """The file names `main` writes into --out besides `CONFIG_FILE` (the Snakefile declares
+    both)."""
     return [f"{name}.{fmt}" for name in FIGURES for fmt in formats]
 
 
@@ -324,7 +328,11 @@ def save(fig: Figure, out: Path, name: str, cfg: PlotsConfig) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgsd plots", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="mgsd plots",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--records", nargs="+", required=True, help="evaluation record Parquet files")
     ap.add_argument("--train-logs", nargs="*", default=[], help="models/<method>/train_log.jsonl")
     ap.add_argument("--config", default="{}", help="JSON of the plots config section (or @FILE)")
@@ -350,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name, fig in figures.items():
             save(fig, out, name, cfg)
-    atomic_write_text(out / "plots_config.json", section_json(cfg) + "\n")
+    atomic_write_text(out / CONFIG_FILE, section_json(cfg) + "\n")
     return 0
 
 

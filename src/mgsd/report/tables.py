@@ -85,8 +85,12 @@ PREMISE_COLUMNS = (  # (condition, metric, header)
 )
 
 
+CONFIG_FILE = "tables_config.json"  # the section the tables were made with
+
+
 def table_files() -> list[str]:
-    """The file names `main` writes into --out (what the Snakefile declares)."""
+    """The file names `main` writes into --out besides `CONFIG_FILE` (the Snakefile declares
+    both)."""
     return [f"{name}.{fmt}" for name in TABLES for fmt in FORMATS]
 
 
@@ -628,7 +632,11 @@ def build_tables(
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="mgsd tables", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="mgsd tables",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--records", nargs="+", required=True, help="evaluation record Parquet files")
     ap.add_argument(
         "--premise", nargs="*", default=[], help="the base model's validation records (premise)"
@@ -648,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     for name, table in build_tables(df, cfg, premise, logs).items():
         write_table(table, out, name)
-    atomic_write_text(out / "tables_config.json", section_json(cfg) + "\n")
+    atomic_write_text(out / CONFIG_FILE, section_json(cfg) + "\n")
     return 0
 
 

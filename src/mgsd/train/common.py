@@ -9,7 +9,7 @@ complete toy one) reads:
     model, opt = acc.prepare(model, opt)          # not the scheduler: it steps once per step here
     ckpt = latest_checkpoint(work_dir)
     start = load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
-    log, stop = JsonlLogger(log_path, start), StopSignal()
+    log, stop = JsonlLogger(log_path, start, cfg=cfg, name=stage), StopSignal()
     for step in range(start, cfg.steps):
         batch = batch_indices(n, cfg.batch_size, cfg.seed, step)
         ids = shard(batch, acc.process_index, acc.num_processes)
@@ -540,15 +540,23 @@ def write_atomic_json(path: str | Path, obj: Any) -> None:
 
 
 class JsonlLogger:
-    """Appends `{"step": s, **metrics}` lines (flat keys like `train/loss`); rank 0 only.
+    """Appends `{"step": s, "time": t, **metrics}` lines (flat keys like `train/loss`; `time` in
+    seconds since the epoch); rank 0 only. Given the stage's config `cfg`, lines also carry
+    `total_steps` (what `mgsd progress` reads) and the trackers of `cfg.log_with` get the same
+    metrics (`start_trackers`), under the run name `name`.
 
     On opening, lines with step > `resume_step` are dropped (a fresh run, resume_step 0, starts
     an empty log), so a resumed run never duplicates a step. Each line is flushed.
     """
 
-    def __init__(self, path: str | Path, resume_step: int = 0, enabled: bool | None = None):
+    def __init__(
+        self, path: str | Path, resume_step: int = 0, enabled: bool | None = None,
+        cfg: Any = None, name: str = "",
+    ):  # fmt: skip
         self.path = Path(path)
         self.enabled = PartialState().is_main_process if enabled is None else enabled
+        self._total = {"total_steps": cfg.steps} if hasattr(cfg, "steps") else {}
+        self.trackers: list = []
         if not self.enabled:
             return
         kept = []
@@ -562,16 +570,73 @@ class JsonlLogger:
         tmp.write_text("".join(kept))
         os.replace(tmp, self.path)
         self._file = self.path.open("a")
+        if getattr(cfg, "log_with", ()):
+            folder = self.path.parent / "tracking"
+            self.trackers = start_trackers(cfg.log_with, folder, name, cfg)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if self.enabled:
-            row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
+            values = {k: _plain(v) for k, v in metrics.items()}
+            row = {"step": step, **self._total, "time": round(time.time(), 3), **values}
             self._file.write(json.dumps(row) + "\n")
             self._file.flush()
+            numbers = {k: v for k, v in values.items() if _is_number(v)}
+            for tracker in self.trackers:
+                tracker.log(numbers, step=step)
 
     def close(self) -> None:
         if self.enabled:
             self._file.close()
+            for tracker in self.trackers:
+                tracker.finish()
+
+
+# what a missing tracker's user installs (the import name, where it differs from the package)
+_TRACKER_PACKAGE = {"tensorboard": "'mgsd[track]'", "comet_ml": "comet-ml"}
+
+
+def start_trackers(names: Iterable[str], folder: Path, name: str, cfg: Any) -> list:
+    """accelerate's trackers `names`, started (as `Accelerator.init_trackers` does) with the
+    flat config `cfg` stored. Trackers that keep files (tensorboard, aim) write them under
+    `folder/<name>/`; the others log to the project "mgsd" with their own settings (e.g.
+    WANDB_MODE=offline). TensorBoard shows a resumed run's redone steps once (it drops the
+    events of steps logged again). A tracker whose package is missing is a ConfigError."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    available = {str(t) for t in get_available_trackers()}
+    section = "distill" if isinstance(cfg, config.DistillConfig) else name  # its config key
+    trackers = []
+    for tracker_name in names:
+        if tracker_name not in available:
+            package = _TRACKER_PACKAGE.get(tracker_name, tracker_name)
+            raise config.ConfigError(
+                f"{section}.log_with: {tracker_name} is not installed (pip install {package})"
+            )
+        cls = LOGGER_TYPE_TO_CLASS[tracker_name]
+        tracker = cls(name or "mgsd", folder) if cls.requires_logging_directory else cls("mgsd")
+        tracker.start()
+        tracker.store_init_configuration({"stage": name, **_flat(config.to_dict(cfg))})
+        trackers.append(tracker)
+    return trackers
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config values as flat keys (lora/rank) of numbers, booleans or text, as trackers
+    store hyper-parameters."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{key}/"))
+        elif v is None or isinstance(v, (bool, int, float, str)):
+            out[key] = v if v is not None else "none"
+        else:
+            out[key] = json.dumps(v)
+    return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _plain(v: Any) -> Any:

@@ -1,4 +1,4 @@
-"""`mgsd distill`: on-policy distillation from a symbolic teacher (MGSD stage 2), one loop.
+r"""`mgsd distill`: on-policy distillation from a symbolic teacher (MGSD stage 2), one loop.
 
     mgsd distill --method mgsd --init results/default/models/grounding/model \
         --teacher results/default/models/base/model --teacher-sees-plan \
@@ -34,7 +34,7 @@ import time
 
 import torch
 
-from mgsd import puzzles
+from mgsd import cli_args, puzzles
 from mgsd.config import ConfigError, DistillConfig, load_section, to_dict
 from mgsd.model import support
 from mgsd.model.batching import ReplyLogits, collate_score, reply_logits
@@ -44,7 +44,7 @@ from mgsd.model.lora import freeze_vision
 from mgsd.model.tasks import load_instances, make_example, task_success, validation_set
 from mgsd.train import common, losses
 
-LOSSES = ("sampled_reverse_kl", "full_reverse_kl")
+LOSSES = cli_args.LOSSES
 
 
 def score(model, processor, examples, reply_ids: list[list[int]], allowed_V) -> ReplyLogits:
@@ -179,7 +179,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
     start = common.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
     if ckpt:
         print(f"resuming {args.method} from {ckpt} (step {start} of {cfg.steps})", file=sys.stderr)
-    log, stop = common.JsonlLogger(args.log, start), common.StopSignal()
+    log, stop = common.JsonlLogger(args.log, start, cfg=cfg, name=args.method), common.StopSignal()
     meter, bar = common.Meter(acc.device), common.progress(cfg.steps, start, args.method)
     raw = acc.unwrap_model(model)
     if cfg.batch_size % acc.num_processes:
@@ -320,40 +320,7 @@ def validate_student(model, processor, insts, style, cfg: DistillConfig, device)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="mgsd distill",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--method", required=True, help="name of the method (logs and model card)")
-    ap.add_argument("--init", required=True, help="student's initial model folder or hub id")
-    ap.add_argument("--teacher", required=True, help="frozen teacher model folder or hub id")
-    ap.add_argument(
-        "--teacher-sees-plan",
-        action="store_true",
-        help="the teacher's prompt includes the reference plan (the paper's default)",
-    )
-    ap.add_argument("--loss", default="sampled_reverse_kl", choices=LOSSES)
-    ap.add_argument(
-        "--seed-offset",
-        type=int,
-        default=0,
-        help="train with the config's seed + this (replicates of a method)",
-    )
-    ap.add_argument("--train", required=True, nargs="+", help="training Parquet files")
-    ap.add_argument("--val", required=True, nargs="+", help="validation Parquet files")
-    ap.add_argument("--config", required=True, help="the distill section as JSON (or @file)")
-    ap.add_argument(
-        "--prompt-style", dest="style", default="compact", choices=("compact", "instruct")
-    )
-    ap.add_argument("--out", required=True, help="final model folder")
-    ap.add_argument("--metrics", required=True, help="final metrics JSON")
-    ap.add_argument("--log", required=True, help="JSONL training log (written live)")
-    ap.add_argument(
-        "--final-log", help="where to copy the log once the run has succeeded (the rule's output)"
-    )
-    ap.add_argument("--work", required=True, help="folder for resumable checkpoints")
-    return ap.parse_args(argv)
+    return cli_args.distill().parse_args(argv)
 
 
 def main(argv: list[str]) -> int:

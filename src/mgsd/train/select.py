@@ -1,4 +1,4 @@
-"""`mgsd select`: keep the candidate of a sweep with the best validation score.
+r"""`mgsd select`: keep the candidate of a sweep with the best validation score.
 
     mgsd select --candidates results/R/models/mgsd/sweep/c0 results/R/models/mgsd/sweep/c1 \
         --metric val/success --keys lr --out results/R/models/mgsd
@@ -15,7 +15,6 @@ read: this is how the pipeline chooses settings without looking at a test set.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mgsd import cli_args
 from mgsd.model.load import read_stage_info
 from mgsd.train.common import write_atomic_json
 
@@ -97,16 +97,7 @@ def select(candidates: list[Path], metric: str, keys: list[str], out: Path) -> d
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(
-        prog="mgsd select",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--candidates", nargs="+", required=True, help="candidate folders, in order")
-    ap.add_argument("--metric", default="val/success", help="validation key to maximise")
-    ap.add_argument("--keys", nargs="*", default=[], help="the swept config keys (for the record)")
-    ap.add_argument("--out", required=True, help="folder of the method (model/, metrics.json, ...)")
-    args = ap.parse_args(argv)
+    args = cli_args.select().parse_args(argv)
     try:
         summary = select([Path(c) for c in args.candidates], args.metric, args.keys, Path(args.out))
     except SelectError as e:

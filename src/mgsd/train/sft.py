@@ -1,4 +1,4 @@
-"""`mgsd train-sft`: the supervised stages, one loop.
+r"""`mgsd train-sft`: the supervised stages, one loop.
 
     mgsd train-sft --stage grounding --init results/default/models/base/model \
         --train results/default/data/*/train.parquet --val results/default/data/*/val.parquet \
@@ -31,13 +31,13 @@ import time
 
 import torch
 
+from mgsd import cli_args
 from mgsd.config import ConfigError, TrainConfig, load_section, to_dict
 from mgsd.model.batching import collate_train
 from mgsd.model.generate import generate
 from mgsd.model.load import load_model, save_model
 from mgsd.model.lora import apply_lora, freeze_vision, merge_lora
 from mgsd.model.tasks import (
-    STAGE_TASK,
     Mixture,
     load_instances,
     make_example,
@@ -125,7 +125,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     start = common.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
     if ckpt:
         print(f"resuming {args.stage} from {ckpt} (step {start} of {cfg.steps})", file=sys.stderr)
-    log, stop = common.JsonlLogger(args.log, start), common.StopSignal()
+    log, stop = common.JsonlLogger(args.log, start, cfg=cfg, name=args.stage), common.StopSignal()
     meter, bar = common.Meter(acc.device), common.progress(cfg.steps, start, args.stage)
     raw = acc.unwrap_model(model)
     micro = cfg.batch_size // cfg.grad_accum // acc.num_processes
@@ -231,27 +231,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="mgsd train-sft",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--stage", required=True, choices=sorted(STAGE_TASK))
-    ap.add_argument("--init", required=True, help="model folder or hub id to start from")
-    ap.add_argument("--train", required=True, nargs="+", help="training Parquet files")
-    ap.add_argument("--val", required=True, nargs="+", help="validation Parquet files")
-    ap.add_argument("--config", required=True, help="the stage's config section as JSON (or @file)")
-    ap.add_argument(
-        "--prompt-style", dest="style", default="compact", choices=("compact", "instruct")
-    )
-    ap.add_argument("--out", required=True, help="final model folder")
-    ap.add_argument("--metrics", required=True, help="final metrics JSON")
-    ap.add_argument("--log", required=True, help="JSONL training log (written live)")
-    ap.add_argument(
-        "--final-log", help="where to copy the log once the run has succeeded (the rule's output)"
-    )
-    ap.add_argument("--work", required=True, help="folder for resumable checkpoints")
-    return ap.parse_args(argv)
+    return cli_args.train_sft().parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
