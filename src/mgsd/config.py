@@ -293,6 +293,12 @@ class EvaluateConfig:
     limit_per_level: int = _f(
         0, help="evaluate at most this many test instances per side (0: all)", ge=0
     )
+    parser: Literal["strict", "paper"] = _f(
+        "strict",
+        help="answer reading behind SR / EM / PR: strict (the last closed <answer> block, every "
+        "token an action) or paper (the MGSD paper's lenient evaluator: the first block, or "
+        "every action word of the reply when no block is closed); both successes are recorded",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

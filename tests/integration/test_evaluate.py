@@ -76,6 +76,8 @@ def test_records_cover_every_instance_puzzle_and_condition(evaluated, test_files
             }
             for r in rows:
                 assert r["success"] <= r["parsed"], r["id"]  # an unparsed reply never succeeds
+                assert r["parser"] == "strict" and not r["external"], r["id"]
+                assert r["success"] == r["success_strict"], r["id"]
                 assert r["exact_match"] <= r["success"]
                 assert 0.0 <= r["progress_rate"] <= 1.0
                 assert (r["actions"] != "") == r["parsed"], r["id"]  # a parsed plan is non-empty
@@ -188,12 +190,17 @@ NOTHING = {
 SOLVED = {"success": True, "exact_match": True, "progress_rate": 1.0, "parsed": True}
 
 
-def check(inst: Instance, reply: str, want: dict, fields: dict | None = None) -> dict:
-    got = evaluate.score_reply(inst, reply, "fail")
+def check(
+    inst: Instance, reply: str, want: dict, fields: dict | None = None, parser: str = "strict"
+) -> dict:
+    got = evaluate.score_reply(inst, reply, "fail", parser)
     assert set(got) == {
         "actions", "success", "exact_match", "progress_rate", "parsed", "illegal_kind",
-        "state_parsed", "state_correct", "state_fields",
+        "parser", "success_strict", "success_paper", "state_parsed", "state_correct",
+        "state_fields",
     }  # fmt: skip
+    assert got["parser"] == parser
+    assert got["success"] == got[f"success_{parser}"]
     for key, value in want.items():
         assert got[key] == value, (key, reply[:200])
     if fields is not None:
@@ -281,6 +288,33 @@ def test_correct_and_wrong_plans_score_by_hand():
     assert all_right == json.loads(
         evaluate.score_reply(inst, FL_STATE + "<answer>U</answer>", "fail")["state_fields"]
     )
+
+
+# replies whose two readings differ: (reply, strict success, paper success, paper actions)
+TWO_READINGS = [
+    # no answer block: the paper's evaluator reads the action words of the prose
+    ("Go right, right, then down, down, down and right.", False, True, "R,R,D,D,D,R"),
+    # an unclosed block: the same
+    (f"<answer>{FL_PLAN}", False, True, "R,R,D,D,D,R"),
+    # a word that is no action: strict rejects the block, the paper skips the word
+    ("<answer>R R then D D D R</answer>", False, True, "R,R,D,D,D,R"),
+    # two blocks: the paper takes the first, strict the last
+    (f"<answer>{FL_PLAN}</answer> no, <answer>D</answer>", False, True, "R,R,D,D,D,R"),
+    (f"<answer>D</answer> no, <answer>{FL_PLAN}</answer>", True, False, "D"),
+    # the stated state alone: no move letter in FrozenLake's state text, nothing to read
+    (FL_STATE, False, False, ""),
+]
+
+
+@pytest.mark.parametrize("reply,strict,paper,actions", TWO_READINGS)
+@pytest.mark.parametrize("parser", ["strict", "paper"])
+def test_both_readings_are_recorded_whichever_is_chosen(reply, strict, paper, actions, parser):
+    inst = instance("frozenlake", FL)
+    got = check(inst, reply, {"success_strict": strict, "success_paper": paper}, parser=parser)
+    if parser == "paper":
+        assert got["actions"] == actions
+        assert got["parsed"] == bool(actions)
+    assert got["success"] == (paper if parser == "paper" else strict)
 
 
 def test_correct_plan_with_a_wrong_stated_state():

@@ -14,12 +14,13 @@ from mgsd.report import plots
 from mgsd.report.style import METHOD_COLORS
 
 
-def rec(rid, puzzle, method, condition, level, success):
+def rec(rid, puzzle, method, condition, level, success, external=False):
     return {
         "id": rid, "puzzle": puzzle, "level": level, "method": method, "replicate": 0,
-        "condition": condition,
+        "external": external, "condition": condition,
         "prompt": "p", "reply": "r", "actions": "", "success": success, "exact_match": success,
         "progress_rate": 1.0 if success else 0.0, "parsed": True, "illegal_kind": "",
+        "parser": "strict", "success_strict": success, "success_paper": success,
         "state_parsed": True, "state_correct": success or rid.endswith("0"),
         "state_fields": json.dumps({"level": True}), "reply_tokens": 3, "seconds": 0.1,
     }  # fmt: skip

@@ -31,6 +31,7 @@ from mgsd.model import prompts
 from mgsd.model.generate import generate
 from mgsd.model.load import load_model
 from mgsd.model.tasks import CONDITION_TASK, Instance, load_instances, make_example
+from mgsd.puzzles.base import PARSERS
 from mgsd.train.common import write_atomic_json
 
 
@@ -47,10 +48,12 @@ def select(instances: list[Instance], limit_per_level: int) -> list[Instance]:
     return out
 
 
-def score_reply(inst: Instance, reply: str, offgrid: str) -> dict:
-    """The metrics of one reply, and the state it stated compared with the truth."""
+def score_reply(inst: Instance, reply: str, offgrid: str, parser: str = "strict") -> dict:
+    """The metrics of one reply under `parser`, its success under both answer readings, and the
+    state it stated compared with the truth."""
     p = puzzles.get(inst.puzzle)
-    s = p.score(inst.state, reply, offgrid=offgrid)
+    readings = {name: p.score(inst.state, reply, offgrid, name) for name in PARSERS}
+    s = readings[parser]
     stated = prompts.parse_stated_state(inst.puzzle, reply)
     truth = p.field_values(inst.state)
     fields = {k: stated.get(k) == v for k, v in truth.items()}
@@ -61,6 +64,9 @@ def score_reply(inst: Instance, reply: str, offgrid: str) -> dict:
         "progress_rate": s.progress_rate,
         "parsed": s.parsed,
         "illegal_kind": s.illegal_kind,
+        "parser": parser,
+        "success_strict": readings["strict"].success,
+        "success_paper": readings["paper"].success,
         "state_parsed": bool(stated),
         "state_correct": all(fields.values()),
         "state_fields": json.dumps(fields, sort_keys=True),
@@ -76,6 +82,7 @@ def evaluate(
     cfg: EvaluateConfig,
     style: str,
     replicate: int = 0,
+    external: bool = False,
 ) -> list[dict]:
     task = CONDITION_TASK[condition]
     rows = []
@@ -100,10 +107,11 @@ def evaluate(
                     "level": inst.level,
                     "method": method,
                     "replicate": replicate,
+                    "external": external,
                     "condition": condition,
                     "prompt": json.dumps(ex.messages),
                     "reply": reply,
-                    **score_reply(inst, reply, cfg.offgrid),
+                    **score_reply(inst, reply, cfg.offgrid, cfg.parser),
                     "reply_tokens": len(g.token_ids),
                     "seconds": dt,
                 }
@@ -125,6 +133,8 @@ def summary(rows: list[dict]) -> dict:
         "exact_match": mean("exact_match"),
         "progress_rate": mean("progress_rate"),
         "parse_rate": mean("parsed"),
+        "success_strict": mean("success_strict"),
+        "success_paper": mean("success_paper"),
         "state_correct": mean("state_correct"),
         "reply_tokens": mean("reply_tokens"),
         "per_level": {
