@@ -155,6 +155,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument(
         "--replicate", type=int, default=0, help="which seed of the method (0: its first run)"
     )
+    ap.add_argument(
+        "--external",
+        action="store_true",
+        help="the model is evaluated as given, not trained by the pipeline (marked in the reports)",
+    )
     ap.add_argument("--data", required=True, nargs="+", help="test Parquet files (one per puzzle)")
     ap.add_argument(
         "--conditions",
@@ -191,7 +196,7 @@ def main(argv: list[str]) -> int:
             with torch.inference_mode():
                 rows = evaluate(
                     model, processor, insts, args.method, cond, cfg, args.prompt_style,
-                    args.replicate,
+                    args.replicate, args.external,
                 )  # fmt: skip
             target = out_dir / puzzle / f"{cond}.parquet"
             records.write_eval(rows, target)
@@ -201,6 +206,10 @@ def main(argv: list[str]) -> int:
                 {
                     "method": args.method,
                     "replicate": args.replicate,
+                    "external": args.external,
+                    "model": args.model,
+                    "prompt_style": args.prompt_style,
+                    "parser": cfg.parser,
                     "puzzle": puzzle,
                     "condition": cond,
                     **stats,

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-STAGE_FILE = "mgsd_stage.json"
+from mgsd.config import STAGE_FILE
+
 # `org/name` with no local folder of that name is taken as a hub id; other missing paths are errors.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
