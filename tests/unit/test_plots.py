@@ -11,7 +11,7 @@ import pytest
 from mgsd.data.records import write_eval
 from mgsd.eval import metrics
 from mgsd.report import plots
-from mgsd.report.style import METHOD_COLORS
+from mgsd.report.style import EXTERNAL_COLORS, METHOD_COLORS
 
 
 def rec(rid, puzzle, method, condition, level, success, external=False):
@@ -26,13 +26,26 @@ def rec(rid, puzzle, method, condition, level, success, external=False):
     }  # fmt: skip
 
 
-def records(tmp_path, methods=("base", "mgsd"), conditions=("image", "text", "image_oracle_state")):
+def records(
+    tmp_path,
+    methods=("base", "mgsd"),
+    conditions=("image", "text", "image_oracle_state"),
+    externals=(),
+):
     paths = []
-    for k, m in enumerate(methods):
+    for k, m in enumerate((*methods, *externals)):
         for puzzle, levels in (("frozenlake", (3, 4)), ("maze", (3,))):
             for cond in conditions:
                 rows = [
-                    rec(f"{puzzle}-{lv}-{i}", puzzle, m, cond, lv, (i + k + lv) % 3 == 0)
+                    rec(
+                        f"{puzzle}-{lv}-{i}",
+                        puzzle,
+                        m,
+                        cond,
+                        lv,
+                        (i + k + lv) % 3 == 0,
+                        external=m in externals,
+                    )  # fmt: skip
                     for lv in levels
                     for i in range(6)
                 ]
@@ -141,3 +154,23 @@ def test_the_workflow_declares_these_figures():
     from mgsd import workflow
 
     assert workflow.FIGURES == plots.FIGURES
+
+
+def test_external_models_are_labelled_and_styled_in_every_method_figure(tmp_path):
+    df = metrics.load_records(records(tmp_path, externals=("qwen", "llava")))
+    fig = plots.success_vs_side(df)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["base", "symbolic", "mgsd", "llava (external)", "qwen (external)"]
+    dotted = {mcolors.to_hex(h.get_color()) for h in fig.legends[0].legend_handles
+              if h.get_linestyle() == ":"}  # fmt: skip
+    assert dotted == {EXTERNAL_COLORS[0].lower(), EXTERNAL_COLORS[1].lower()}
+    for figure in (plots.modality_gap(df), plots.error_decomposition(df)):
+        ticks = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+        assert ticks[-2:] == ["llava (external)", "qwen (external)"], ticks
+        assert "mgsd" in ticks and "mgsd (external)" not in ticks
+    out = tmp_path / "fig"
+    paths = records(tmp_path, externals=("qwen",))
+    assert (
+        plots.main(["--records", *paths, "--config", '{"formats": ["png"]}', "--out", str(out)])
+        == 0
+    )

@@ -13,7 +13,7 @@ import pytest
 
 from mgsd.data.records import EVAL_SCHEMA, write_eval
 from mgsd.report import tables
-from mgsd.report.style import Table, to_latex, to_markdown
+from mgsd.report.style import EXTERNAL_NOTE, Table, to_latex, to_markdown
 
 CONFIG = json.dumps({"bootstrap": 50, "confidence": 0.95, "seed": 0})
 
@@ -328,3 +328,44 @@ def test_training_table_flags_unhealthy_distillation_runs(tmp_path):
     md = (tmp_path / "t" / "training.md").read_text()
     assert "opd_only/c1: dead mass 1, own log-prob -7.50, parse rate fell" in md
     assert "| mgsd | distillation | 10 | 1.700 -> 1.200 |" in md and "success 40.0" in md
+
+
+METHOD_TABLES = ("main", "per_level", "ablations", "modality_gap", "perception", "errors")
+
+
+def test_external_models_are_marked_rows_of_every_method_table(tmp_path):
+    files = hand_made()
+    for cond in ("image", "text"):  # qwen: frozenlake a, b right; maze m right
+        files[f"qwen/frozenlake/{cond}"] = [
+            rec(i, "frozenlake", "qwen", cond, success=i in "ab", external=True) for i in "abcd"
+        ]
+        files[f"qwen/maze/{cond}"] = [
+            rec(i, "maze", "qwen", cond, success=i == "m", external=True) for i in "mn"
+        ]
+    paths = write(tmp_path, files)
+    assert tables.main(["--records", *paths, "--config", CONFIG, "--out", str(tmp_path)]) == 0
+    for name in METHOD_TABLES:
+        md = (tmp_path / f"{name}.md").read_text()
+        assert "| qwen (external) |" in md, name
+        assert "(mgsd (external)" not in md and "| mgsd (external)" not in md, name
+        assert f"Note: {EXTERNAL_NOTE}." in md, name
+        data = csv(tmp_path, name)
+        assert set(data.loc[data["external"], "method"]) == {"qwen"}, name
+        assert not data.loc[data["method"] != "qwen", "external"].any(), name
+        assert "qwen (external)" in (tmp_path / f"{name}.tex").read_text(), name
+    main = csv(tmp_path, "main")
+    assert list(dict.fromkeys(main["method"])) == ["base", "symbolic", "opd_only", "mgsd", "qwen"]
+    assert row(main, method="qwen", puzzle="macro")["sr"] == 50.0
+    ab = csv(tmp_path, "ablations")
+    assert list(dict.fromkeys(ab["method"])) == ["mgsd", "opd_only", "qwen"]
+    assert row(ab, method="qwen", puzzle="frozenlake")["d_sr"] == 0.0  # a, b vs a, b
+    assert row(ab, method="qwen", puzzle="maze")["d_sr"] == -50.0
+    gap = csv(tmp_path, "modality_gap")
+    assert row(gap, method="qwen", puzzle="macro")["sr_text"] == 50.0
+    for name in ("seeds", "premise", "training"):  # no method rows of external models there
+        assert "qwen" not in (tmp_path / f"{name}.md").read_text(), name
+    # without external models there is no mark and no note
+    plain = tmp_path / "plain"
+    paths = write(plain, hand_made())
+    assert tables.main(["--records", *paths, "--config", CONFIG, "--out", str(plain)]) == 0
+    assert "external" not in (plain / "main.md").read_text()

@@ -30,6 +30,10 @@ plus tables_config.json (the section used):
   never sample and the samples' parse rate, first and last steps, against the criteria in
   `HEALTH`; and each supervised stage's final validation scores.
 
+External models (config `external_models`) are rows like any method in every table whose
+rows are methods, marked "<name> (external)" (and `external` in the csv); the ablations table
+lists them last, with their paired differences to mgsd.
+
 CSV files are tidy: one row per (method, puzzle[, side]), rates in percent, each CI bound in its
 own column (`sr`, `sr_lo`, `sr_hi`, ...). The md and tex files show each value as
 "mean [low, high]", the percentile-bootstrap interval at the configured confidence. Deltas and
@@ -41,6 +45,7 @@ missing. Rows follow the fixed method order of `mgsd.config.METHODS`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +56,16 @@ from mgsd.config import TablesConfig, load_section, section_json
 from mgsd.eval import metrics
 from mgsd.eval.metrics import METRICS
 from mgsd.report.logs import load_train_logs
-from mgsd.report.style import NA, Table, atomic_write_text, pct, pct_ci, write_table
+from mgsd.report.style import (
+    EXTERNAL_NOTE,
+    NA,
+    Table,
+    atomic_write_text,
+    method_label,
+    pct,
+    pct_ci,
+    write_table,
+)
 
 TABLES = (
     "main", "per_level", "ablations", "modality_gap", "perception", "errors", "premise", "seeds",
@@ -235,8 +249,10 @@ def per_level_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
 
 def ablations_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
     image = metrics.image_records(df)
-    recs = image[image["method"].isin(ABLATIONS)]
-    present = [m for m in ABLATIONS if m in set(recs["method"])]
+    externals = [m for m in _unique(image, "method") if m in metrics.external_methods(image)]
+    compared = [*ABLATIONS, *externals]  # external models last, compared with mgsd alike
+    recs = image[image["method"].isin(compared)]
+    present = [m for m in compared if m in set(recs["method"])]
     stats = _per_and_macro(recs, ["method"], cfg)
     notes = []
     if missing := [m for m in ABLATIONS if m not in present]:
@@ -257,7 +273,7 @@ def ablations_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
         delta = delta.rename(columns=lambda k: k if k in ("method", "puzzle") else f"d_{k}")
         stats = stats.merge(delta, on=["method", "puzzle"], how="left")
     # mgsd first: it is the reference of the deltas
-    stats = stats.sort_values("method", key=lambda s: s.map(ABLATIONS.index), kind="stable")
+    stats = stats.sort_values("method", key=lambda s: s.map(compared.index), kind="stable")
     puzzles = _unique(recs, "puzzle")
     at = _lookup(stats, ["method", "puzzle"])
     rows = [
@@ -272,7 +288,7 @@ def ablations_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
         _caption(
             cfg,
             "SR per puzzle, macro SR / EM / PR and the paired difference to mgsd "
-            "(on the same test instances); image input.",
+            "(on the same test instances); image input; external models last.",
         ),
         _tidy(stats, ["method", "puzzle"], (*METRICS, "parsed", *(f"d_{c}" for c in METRICS))),
         [("", "method")]
@@ -651,7 +667,23 @@ def build_tables(
     premise = df.iloc[:0] if premise is None else premise
     first = df[df["replicate"] == 0] if len(df) else df
     inputs = {"premise": premise, "seeds": df, "training": logs or {}}
-    return {name: BUILDERS[name](inputs.get(name, first), cfg) for name in TABLES}
+    built = {name: BUILDERS[name](inputs.get(name, first), cfg) for name in TABLES}
+    externals = metrics.external_methods(df)
+    return {name: mark_external(t, externals) for name, t in built.items()}
+
+
+def mark_external(t: Table, externals: set[str]) -> Table:
+    """Every row of an external model marked: "(external)" after its name where rows name a
+    method, an `external` column (the csv's last), and a note saying what the mark means."""
+    if ("", "method") not in t.columns or "method" not in t.data:
+        return t
+    at = t.columns.index(("", "method"))
+    rows = [[*r[:at], method_label(r[at], externals), *r[at + 1 :]] for r in t.rows]
+    data = t.data.copy()
+    data["external"] = data["method"].isin(externals)
+    shown = set(t.data["method"]) & externals
+    notes = t.notes + ([EXTERNAL_NOTE] if shown else [])
+    return dataclasses.replace(t, data=data, rows=rows, notes=notes)
 
 
 def main(argv: list[str] | None = None) -> int:
