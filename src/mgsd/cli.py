@@ -24,7 +24,10 @@ STAGES = {
     ),
     "distill": ("mgsd.train.distill", "on-policy distillation from a symbolic teacher"),
     "select": ("mgsd.train.select", "keep the sweep candidate with the best validation score"),
-    "evaluate": ("mgsd.eval.evaluate", "one model x one puzzle x one condition -> records"),
+    "evaluate": (
+        "mgsd.eval.evaluate",
+        "one model on test sets (or the public benchmarks) -> records and a summary",
+    ),
     "tables": ("mgsd.report.tables", "paper tables from the evaluation records"),
     "plots": ("mgsd.report.plots", "figures from the evaluation records and training logs"),
     "check-config": ("mgsd.config_cli", "validate a configuration and print it"),

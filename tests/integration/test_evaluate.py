@@ -171,6 +171,47 @@ def test_bad_config_missing_data_or_model_fail_with_a_message(tmp_path, test_fil
     assert not list(tmp_path.glob("*/*.parquet"))
 
 
+@pytest.mark.slow  # runs the tiny model
+def test_on_its_own_on_the_public_test_sets(tmp_path, tiny_model_dir, benchmarks_dir, capsys):
+    """A model folder on the public test sets with no pipeline: every puzzle's test set, a
+    one-screen summary with intervals, records only when asked for."""
+    argv = ["--model", str(tiny_model_dir), "--benchmarks-dir", str(benchmarks_dir)]
+    argv += ["--image-size", "64", "--config", json.dumps({**EVAL_CFG, "limit_per_level": 1})]
+    assert evaluate.main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert not list(tmp_path.iterdir())  # no --out-dir: nothing written
+    name = evaluate.model_name(str(tiny_model_dir))
+    assert out.count("image input (the task)") == 1 and "SR (paper parser)" in out
+    assert f"{name}: {tiny_model_dir}, compact prompts" in out  # a folder made by mgsd
+    # one instance per side: VSP FrozenLake 3-8, Maze 3-6, VisualPlanning MiniBehaviour 5-6
+    for puzzle, n in (("frozenlake", 6), ("maze", 4), ("minibehaviour", 2), ("macro", 12)):
+        (line,) = [x for x in out.splitlines() if x.strip().startswith(f"{puzzle} ")]
+        assert line.split()[1] == str(n) and line.count("[") == 4, line
+
+    assert evaluate.main([*argv, "--puzzles", "minibehaviour", "--out-dir", str(tmp_path)]) == 0
+    rows = records.read_table(tmp_path / "minibehaviour" / "image.parquet", records.EVAL_SCHEMA)
+    assert [r.startswith("vprl-") for r in rows.column("id").to_pylist()] == [True, True]
+    assert set(rows.column("method").to_pylist()) == {name}
+    stats = json.loads((tmp_path / "minibehaviour" / "image.json").read_text())
+    assert (stats["model"], stats["prompt_style"], stats["n"]) == (
+        str(tiny_model_dir),
+        "compact",
+        2,
+    )
+    assert sorted(p.parent.name for p in tmp_path.glob("*/*.parquet")) == ["minibehaviour"]
+
+
+def test_on_its_own_a_missing_benchmarks_folder_is_named(tmp_path, capsys):
+    argv = ["--model", "org/model", "--benchmarks-dir", str(tmp_path / "nowhere")]
+    assert evaluate.main(argv) == 1
+    assert str(tmp_path / "nowhere") in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # test sets from files or from the benchmarks, not both
+        evaluate.parse_args([*argv, "--data", "x.parquet"])
+    assert evaluate.model_name("results/r/models/mgsd/model") == "mgsd"
+    assert evaluate.model_name("Qwen/Qwen3-VL-4B-Instruct") == "Qwen3-VL-4B-Instruct"
+    assert evaluate.parse_args(argv).prompt_style == "instruct"  # not a folder made by mgsd
+
+
 # ---------------------------------------------------------------- hostile replies
 
 # gymnasium's 4x4 map: start (0,0), goal (3,3), holes (1,1) (1,3) (2,3) (3,0); d* = 6
