@@ -7,7 +7,7 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
-from mgsd.config import ConfigError, check_inputs, load_file, section_json
+from mgsd.config import CONDITIONS, ConfigError, check_inputs, load_file, section_json
 from mgsd.workflow import (
     DISTILL_SETUPS,
     PREMISE_CONDITIONS,
@@ -28,10 +28,14 @@ from mgsd.workflow import (
     distill_setup,
     eval_files,
     eval_outputs,
+    evaluated_models,
+    external_inputs,
+    external_outputs,
     gpu_resources,
     launcher,
     model_inputs,
     model_ref,
+    one_of,
     premise_outputs,
     report_files,
     split_replicate,

@@ -42,7 +42,7 @@ from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from mgsd import puzzles
 from mgsd.config import DistillConfig, ScratchConfig, load_file
-from mgsd.data.generate import instance_seed, make_row
+from mgsd.data.splits import instance_seed, make_row
 from mgsd.model.batching import collate_generate
 from mgsd.model.generate import Generation, generate
 from mgsd.model.scratch import SPECIAL_TOKENS, build_processor

@@ -3,8 +3,8 @@
     python scripts/bench_generate.py            # frozenlake 8, maze 6, minibehaviour 6
     python scripts/bench_generate.py --n 500 --image-size 256
 
-Runs `mgsd.data.generate` in this one process (one core) for each (puzzle, side) and prints a
-Markdown table; the numbers go to docs/performance.md with the date and the machine.
+Runs `mgsd.data.splits.generate_rows` in this one process (one core) for each (puzzle, side)
+and prints a Markdown table; the numbers go to docs/performance.md with the date and the machine.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mgsd.data import generate, records
+from mgsd.data import records, splits
 
 CASES = (("frozenlake", 8), ("maze", 6), ("minibehaviour", 6))
 
@@ -34,7 +34,7 @@ def main() -> None:
         for puzzle, side in CASES:
             t0 = time.perf_counter()
             rows = list(
-                generate.generate_rows(
+                splits.generate_rows(
                     puzzle,
                     "train",
                     [side],

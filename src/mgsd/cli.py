@@ -31,8 +31,8 @@ STAGES = {
     "select": ("mgsd.train.select", "keep the sweep candidate with the best validation score"),
     "evaluate": (
         "mgsd.eval.evaluate",
-        "one model on the test sets of several puzzles, under several input conditions -> "
-        "records and metrics per puzzle x condition",
+        "one model on the test sets of several puzzles (or the public benchmarks), under "
+        "several input conditions -> records, metrics and a summary",
     ),
     "tables": ("mgsd.report.tables", "paper tables from the evaluation records"),
     "plots": ("mgsd.report.plots", "figures from the evaluation records and training logs"),

@@ -11,7 +11,7 @@ import ast
 import importlib.util
 from pathlib import Path
 
-from mgsd.config import CONDITIONS, SFT_SECTIONS
+from mgsd.config import CONDITIONS, PROMPT_STYLES, PUZZLES, SFT_SECTIONS
 
 LOSSES = ("sampled_reverse_kl", "full_reverse_kl")  # of `mgsd distill` (mgsd.train.losses)
 
@@ -78,15 +78,36 @@ def distill() -> argparse.ArgumentParser:
 def evaluate() -> argparse.ArgumentParser:
     ap = _parser("mgsd evaluate", "mgsd.eval.evaluate")
     ap.add_argument("--model", required=True, help="model folder or hub id")
-    ap.add_argument("--method", required=True, help="method name written into the records")
+    ap.add_argument(
+        "--method", help="name written into the records (default: the model folder's name)"
+    )
     ap.add_argument(
         "--replicate", type=int, default=0, help="which seed of the method (0: its first run)"
     )
     ap.add_argument(
+        "--external",
+        action="store_true",
+        help="the model is evaluated as given, not trained by the pipeline (marked in the reports)",
+    )
+    tests = ap.add_mutually_exclusive_group(required=True)
+    tests.add_argument(
         "--data",
-        required=True,
         nargs="+",
         help="test Parquet files, one per puzzle (one job evaluates every puzzle given)",
+    )
+    tests.add_argument(
+        "--benchmarks-dir",
+        help="the public test sets instead: folder with vsp_frozenlake/ and vprl_minibehaviour/",
+    )
+    ap.add_argument(
+        "--puzzles",
+        nargs="+",
+        default=list(PUZZLES),
+        choices=list(PUZZLES),
+        help="with --benchmarks-dir: which public test sets",
+    )
+    ap.add_argument(
+        "--image-size", type=int, default=256, help="with --benchmarks-dir: picture side in pixels"
     )
     ap.add_argument(
         "--conditions",
@@ -97,13 +118,20 @@ def evaluate() -> argparse.ArgumentParser:
         "text), image_oracle_state (the true state forced as the reply's start), teacher (the "
         "teacher's prompt, with the reference plan)",
     )
-    ap.add_argument("--config", required=True, help="the evaluate section as JSON (or @file)")
-    ap.add_argument("--prompt-style", default="compact", choices=("compact", "instruct"))
+    ap.add_argument(
+        "--config", default="{}", help="the evaluate section as JSON (or @file); default: defaults"
+    )
+    ap.add_argument(
+        "--prompt-style",
+        choices=PROMPT_STYLES,
+        help="default: compact for a folder trained by mgsd, instruct for any other model",
+    )
     ap.add_argument(
         "--out-dir",
-        required=True,
-        help="writes <puzzle>/<condition>.parquet and .json here, for every puzzle x condition",
+        help="writes <puzzle>/<condition>.parquet and .json here, for every puzzle x condition "
+        "(default: none, the summary only)",
     )
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
 
 

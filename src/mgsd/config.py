@@ -319,6 +319,12 @@ class EvaluateConfig:
     limit_per_level: int = _f(
         0, help="evaluate at most this many test instances per side (0: all)", ge=0
     )
+    parser: Literal["strict", "paper"] = _f(
+        "strict",
+        help="answer reading behind SR / EM / PR: strict (the last closed <answer> block, every "
+        "token an action) or paper (the MGSD paper's lenient evaluator: the first block, or "
+        "every action word of the reply when no block is closed); both successes are recorded",
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -343,6 +349,26 @@ class Resources:
     runtime: int = _f(60, help="time limit in minutes (doubled on each retry)", ge=1)
     warning_s: int = _f(
         300, help="GPU jobs: Slurm sends SIGTERM this long before the time limit (checkpoint)", ge=0
+    )
+
+
+PROMPT_STYLES = ("compact", "instruct")
+STAGE_FILE = "mgsd_stage.json"  # what made a model folder (written by mgsd.model.load)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExternalModel:
+    """A vision-language model the pipeline evaluates as given, on the same test sets."""
+
+    path: str = _f(help="a local Hugging Face model folder or a hub id (org/name)")
+    prompt_style: Literal["compact", "instruct"] = _f(
+        "instruct",
+        help="instruct: the long prompt an instruct model follows without training (rules, "
+        "picture legend, coordinates, state and answer formats, the reply format with the state "
+        "first and one <answer> block); compact: the short headers of models trained by mgsd",
+    )
+    conditions: tuple[str, ...] | None = _f(
+        None, help="input conditions to evaluate it under (null: evaluate.conditions)"
     )
 
 
@@ -372,6 +398,11 @@ class Config:
     plots: PlotsConfig = _f(PlotsConfig(), help="figures")
     resources: dict[str, Resources] = _f({}, help="Slurm / local resources per stage")
     methods: tuple[str, ...] = _f(METHODS, help="methods to train and evaluate")
+    external_models: dict[str, ExternalModel] = _f(
+        {},
+        help="models evaluated as given beside the methods, by name: {name: {path, prompt_style, "
+        "conditions}}; each is a row of every table and figure, marked external",
+    )
     sweep: dict[str, dict[str, tuple[Any, ...]]] = _f(
         {},
         help="settings chosen on the validation split: per stage section (grounding, sft_direct, "
@@ -566,6 +597,8 @@ def _check_config(c: Config) -> None:
     for cond in c.evaluate.conditions:
         if cond not in CONDITIONS:
             raise ConfigError(f"evaluate.conditions: unknown condition {cond!r}")
+    for name, ext in c.external_models.items():
+        _check_external(name, ext)
     if "symbolic" in c.methods and "text" not in c.evaluate.conditions:
         raise ConfigError(
             "evaluate.conditions: the symbolic method is the base model under the text "
@@ -606,6 +639,33 @@ def _check_config(c: Config) -> None:
             raise ConfigError(
                 f"{stage}.grad_accum: {t.grad_accum} must divide batch_size = {t.batch_size}"
             )
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_REPLICATE_NAME = re.compile(r"(.+)-seed\d+")  # mgsd.workflow.REPLICATE: models/<method>-seed<k>
+
+
+def _check_external(name: str, ext: ExternalModel) -> None:
+    key = f"external_models.{name}"
+    if not _NAME.fullmatch(name):
+        raise ConfigError(
+            f"{key}: {name!r} is not a plain name (letters, digits, '_', '.', '-'; it names the "
+            "folder of its records and its rows)"
+        )
+    clash = _REPLICATE_NAME.fullmatch(name)
+    if name in METHODS or (clash and clash.group(1) in METHODS):
+        raise ConfigError(
+            f"{key}: the name {name!r} clashes with the method "
+            f"{name if name in METHODS else clash.group(1)!r}; give the external model another name"
+        )
+    if ext.conditions is not None:
+        if not ext.conditions:
+            raise ConfigError(f"{key}.conditions: give at least one condition (or null)")
+        for cond in ext.conditions:
+            if cond not in CONDITIONS:
+                raise ConfigError(
+                    f"{key}.conditions: unknown condition {cond!r} (known: {', '.join(CONDITIONS)})"
+                )
 
 
 SWEEPABLE = ("grounding", "sft_direct", "grounding_sft", "distill")
@@ -669,6 +729,41 @@ def check_inputs(c: Config, base: Path | str = ".") -> None:
             raise ConfigError(
                 f"backbone.pretrained: {name} is neither a folder nor a hub id (org/name)"
             )
+    for name, ext in c.external_models.items():
+        check_external_model(ext.path, ext.prompt_style, base, f"external_models.{name}")
+
+
+def is_local_model(path: str, base: Path | str = ".") -> bool:
+    """Whether `path` names a local folder (from `base`) rather than a hub id."""
+    return (Path(base) / path).exists() or not _HUB_ID.fullmatch(path)
+
+
+def default_prompt_style(path: str, base: Path | str = ".") -> str:
+    """compact for a folder made by mgsd (it holds mgsd_stage.json), else instruct."""
+    return "compact" if (Path(base) / path / STAGE_FILE).is_file() else "instruct"
+
+
+def check_external_model(path: str, style: str, base: Path | str = ".", key: str = "") -> None:
+    """A model evaluated as given is a model folder or a hub id, and its prompt style fits it:
+    compact prompts are mgsd's own short headers, which only models trained by mgsd know."""
+    where = Path(base) / path
+    if is_local_model(path, base):
+        if not where.is_dir():
+            what = "is a file, not a model folder" if where.exists() else "does not exist"
+            raise ConfigError(
+                f"{key}.path: {path} {what} (give a model folder or a hub id, org/name)"
+            )
+        if not (where / "config.json").is_file():
+            raise ConfigError(f"{key}.path: {path} has no config.json (not a model folder)")
+        if not any(where.glob("*.safetensors")):
+            raise ConfigError(f"{key}.path: {path} has no *.safetensors weights")
+    if style not in PROMPT_STYLES:
+        raise ConfigError(f"{key}.prompt_style: {style!r} is not one of {', '.join(PROMPT_STYLES)}")
+    if style == "compact" and default_prompt_style(path, base) != "compact":
+        raise ConfigError(
+            f"{key}.prompt_style: compact prompts are mgsd's own headers, known only to models "
+            f"trained by mgsd (a folder with {STAGE_FILE}); {path} is not one: use instruct"
+        )
 
 
 def load(raw: dict) -> Config:

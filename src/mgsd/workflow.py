@@ -6,11 +6,14 @@ The Snakefile and the rule files import this module; it holds no rule logic, onl
 
 from __future__ import annotations
 
+import re
 import shlex
+from collections.abc import Iterable
 
 from mgsd.config import (
     BENCHMARK_SOURCES,
     Config,
+    is_local_model,
     resources,
     section_json,
     sweep_candidates,
@@ -190,9 +193,51 @@ def eval_outputs(cfg: Config, method: str, ext: str = ".parquet") -> list[str]:
     ]
 
 
+def evaluated_models(cfg: Config) -> list[str]:
+    """The trained models the `evaluate` rule evaluates: one per method, and the replicates."""
+    return list(dict.fromkeys([*(eval_model(m) for m in cfg.methods), *replicate_models(cfg)]))
+
+
 def eval_files(cfg: Config) -> list[str]:
-    models = dict.fromkeys([*(eval_model(m) for m in cfg.methods), *replicate_models(cfg)])
-    return [f for m in models for f in eval_outputs(cfg, m)]
+    """Every evaluation records file: the trained models', then the external models'."""
+    trained = [f for m in evaluated_models(cfg) for f in eval_outputs(cfg, m)]
+    return trained + external_files(cfg)
+
+
+# ------------------------------------------------------------------ external models
+
+
+def external_conditions(cfg: Config, name: str) -> tuple[str, ...]:
+    """The input conditions external model `name` is evaluated under."""
+    return cfg.external_models[name].conditions or cfg.evaluate.conditions
+
+
+def external_outputs(cfg: Config, name: str, condition: str, ext: str = ".parquet") -> list[str]:
+    """The records (or metrics) files of one external evaluation job: every puzzle, one
+    condition (a job per model and condition, so that each model has its own conditions)."""
+    return [f"{cfg.root}/eval/{name}/{p}/{condition}{ext}" for p in cfg.data.puzzles]
+
+
+def external_files(cfg: Config) -> list[str]:
+    return [
+        f
+        for name in cfg.external_models
+        for c in external_conditions(cfg, name)
+        for f in external_outputs(cfg, name, c)
+    ]
+
+
+def external_inputs(cfg: Config, name: str) -> list[str]:
+    """The model folder an external evaluation reads (none for a hub id), so that a model
+    written anew into the folder reruns its evaluation."""
+    path = cfg.external_models[name].path
+    return [path] if is_local_model(path) else []
+
+
+def one_of(names: Iterable[str]) -> str:
+    """A wildcard constraint matching exactly `names` (and nothing when there are none)."""
+    names = list(names)
+    return "|".join(map(re.escape, names)) if names else "(?!)"
 
 
 def premise_outputs(cfg: Config, ext: str = ".parquet") -> list[str]:

@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from mgsd import puzzles
 from mgsd.config import DistillConfig
 from mgsd.data import records
-from mgsd.data.generate import generate_rows
+from mgsd.data.splits import generate_rows
 from mgsd.model import support
 from mgsd.model.batching import (
     Example,

@@ -76,6 +76,8 @@ def test_records_cover_every_instance_puzzle_and_condition(evaluated, test_files
             }
             for r in rows:
                 assert r["success"] <= r["parsed"], r["id"]  # an unparsed reply never succeeds
+                assert r["parser"] == "strict" and not r["external"], r["id"]
+                assert r["success"] == r["success_strict"], r["id"]
                 assert r["exact_match"] <= r["success"]
                 assert 0.0 <= r["progress_rate"] <= 1.0
                 assert (r["actions"] != "") == r["parsed"], r["id"]  # a parsed plan is non-empty
@@ -111,7 +113,8 @@ def test_prompts_follow_the_condition(evaluated, test_files):
                 text = "\n".join(c["text"] for c in parts if c["type"] == "text")
                 assert has_image == (cond not in TEXT_ONLY), (puzzle, cond)
                 assert (p.describe(inst.state) in text) == (cond in TEXT_ONLY), (puzzle, cond)
-                assert (f"reference plan: {inst.solution}" in text) == (cond == "teacher")
+                plan = f"reference plan:\n<answer>{inst.solution}</answer>"
+                assert (plan in text) == (cond == "teacher")
 
 
 @pytest.mark.slow  # runs the tiny model
@@ -169,6 +172,47 @@ def test_bad_config_missing_data_or_model_fail_with_a_message(tmp_path, test_fil
     assert not list(tmp_path.glob("*/*.parquet"))
 
 
+@pytest.mark.slow  # runs the tiny model
+def test_on_its_own_on_the_public_test_sets(tmp_path, tiny_model_dir, benchmarks_dir, capsys):
+    """A model folder on the public test sets with no pipeline: every puzzle's test set, a
+    one-screen summary with intervals, records only when asked for."""
+    argv = ["--model", str(tiny_model_dir), "--benchmarks-dir", str(benchmarks_dir)]
+    argv += ["--image-size", "64", "--config", json.dumps({**EVAL_CFG, "limit_per_level": 1})]
+    assert evaluate.main([*argv, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert not list(tmp_path.iterdir())  # no --out-dir: nothing written
+    name = evaluate.model_name(str(tiny_model_dir))
+    assert out.count("image input (the task)") == 1 and "SR (paper parser)" in out
+    assert f"{name}: {tiny_model_dir}, compact prompts" in out  # a folder made by mgsd
+    # one instance per side: VSP FrozenLake 3-8, Maze 3-6, VisualPlanning MiniBehaviour 5-6
+    for puzzle, n in (("frozenlake", 6), ("maze", 4), ("minibehaviour", 2), ("macro", 12)):
+        (line,) = [x for x in out.splitlines() if x.strip().startswith(f"{puzzle} ")]
+        assert line.split()[1] == str(n) and line.count("[") == 4, line
+
+    assert evaluate.main([*argv, "--puzzles", "minibehaviour", "--out-dir", str(tmp_path)]) == 0
+    rows = records.read_table(tmp_path / "minibehaviour" / "image.parquet", records.EVAL_SCHEMA)
+    assert [r.startswith("vprl-") for r in rows.column("id").to_pylist()] == [True, True]
+    assert set(rows.column("method").to_pylist()) == {name}
+    stats = json.loads((tmp_path / "minibehaviour" / "image.json").read_text())
+    assert (stats["model"], stats["prompt_style"], stats["n"]) == (
+        str(tiny_model_dir),
+        "compact",
+        2,
+    )
+    assert sorted(p.parent.name for p in tmp_path.glob("*/*.parquet")) == ["minibehaviour"]
+
+
+def test_on_its_own_a_missing_benchmarks_folder_is_named(tmp_path, capsys):
+    argv = ["--model", "org/model", "--benchmarks-dir", str(tmp_path / "nowhere")]
+    assert evaluate.main(argv) == 1
+    assert str(tmp_path / "nowhere") in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # test sets from files or from the benchmarks, not both
+        evaluate.parse_args([*argv, "--data", "x.parquet"])
+    assert evaluate.model_name("results/r/models/mgsd/model") == "mgsd"
+    assert evaluate.model_name("Qwen/Qwen3-VL-4B-Instruct") == "Qwen3-VL-4B-Instruct"
+    assert evaluate.parse_args(argv).prompt_style == "instruct"  # not a folder made by mgsd
+
+
 # ---------------------------------------------------------------- hostile replies
 
 # gymnasium's 4x4 map: start (0,0), goal (3,3), holes (1,1) (1,3) (2,3) (3,0); d* = 6
@@ -188,12 +232,17 @@ NOTHING = {
 SOLVED = {"success": True, "exact_match": True, "progress_rate": 1.0, "parsed": True}
 
 
-def check(inst: Instance, reply: str, want: dict, fields: dict | None = None) -> dict:
-    got = evaluate.score_reply(inst, reply, "fail")
+def check(
+    inst: Instance, reply: str, want: dict, fields: dict | None = None, parser: str = "strict"
+) -> dict:
+    got = evaluate.score_reply(inst, reply, "fail", parser)
     assert set(got) == {
         "actions", "success", "exact_match", "progress_rate", "parsed", "illegal_kind",
-        "state_parsed", "state_correct", "state_fields",
+        "parser", "success_strict", "success_paper", "state_parsed", "state_correct",
+        "state_fields",
     }  # fmt: skip
+    assert got["parser"] == parser
+    assert got["success"] == got[f"success_{parser}"]
     for key, value in want.items():
         assert got[key] == value, (key, reply[:200])
     if fields is not None:
@@ -281,6 +330,33 @@ def test_correct_and_wrong_plans_score_by_hand():
     assert all_right == json.loads(
         evaluate.score_reply(inst, FL_STATE + "<answer>U</answer>", "fail")["state_fields"]
     )
+
+
+# replies whose two readings differ: (reply, strict success, paper success, paper actions)
+TWO_READINGS = [
+    # no answer block: the paper's evaluator reads the action words of the prose
+    ("Go right, right, then down, down, down and right.", False, True, "R,R,D,D,D,R"),
+    # an unclosed block: the same
+    (f"<answer>{FL_PLAN}", False, True, "R,R,D,D,D,R"),
+    # a word that is no action: strict rejects the block, the paper skips the word
+    ("<answer>R R then D D D R</answer>", False, True, "R,R,D,D,D,R"),
+    # two blocks: the paper takes the first, strict the last
+    (f"<answer>{FL_PLAN}</answer> no, <answer>D</answer>", False, True, "R,R,D,D,D,R"),
+    (f"<answer>D</answer> no, <answer>{FL_PLAN}</answer>", True, False, "D"),
+    # the stated state alone: no move letter in FrozenLake's state text, nothing to read
+    (FL_STATE, False, False, ""),
+]
+
+
+@pytest.mark.parametrize("reply,strict,paper,actions", TWO_READINGS)
+@pytest.mark.parametrize("parser", ["strict", "paper"])
+def test_both_readings_are_recorded_whichever_is_chosen(reply, strict, paper, actions, parser):
+    inst = instance("frozenlake", FL)
+    got = check(inst, reply, {"success_strict": strict, "success_paper": paper}, parser=parser)
+    if parser == "paper":
+        assert got["actions"] == actions
+        assert got["parsed"] == bool(actions)
+    assert got["success"] == (paper if parser == "paper" else strict)
 
 
 def test_correct_plan_with_a_wrong_stated_state():

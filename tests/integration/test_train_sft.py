@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 
 from mgsd.config import LoraConfig
 from mgsd.data import records
-from mgsd.data.generate import generate_rows
+from mgsd.data.splits import generate_rows
 from mgsd.model.batching import collate_train
 from mgsd.model.generate import generate
 from mgsd.model.load import load_model, read_stage_info

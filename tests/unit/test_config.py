@@ -217,3 +217,79 @@ def test_check_config_takes_command_line_overrides(capsys):
     assert printed["grounding"]["batch_size"] == 8
     assert config_cli.main([str(DEFAULT), "--config", "grounding"]) == 1
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- external models
+
+HUB_ID = "Qwen/Qwen3-VL-4B-Instruct"
+
+
+@pytest.mark.parametrize(
+    ("external", "message"),
+    [
+        ({"mgsd": {"path": HUB_ID}}, "external_models.mgsd: the name 'mgsd' clashes with the "
+         "method 'mgsd'"),
+        ({"symbolic": {"path": HUB_ID}}, "the name 'symbolic' clashes with the method"),
+        ({"mgsd-seed2": {"path": HUB_ID}}, "external_models.mgsd-seed2: the name 'mgsd-seed2' "
+         "clashes with the method 'mgsd'"),
+        ({"my model": {"path": HUB_ID}}, "external_models.my model: 'my model' is not a plain"),
+        ({"qwen": {"paht": HUB_ID}}, "unknown key external_models.qwen.paht"),
+        ({"qwen": {}}, "missing key external_models.qwen.path"),
+        ({"qwen": {"path": HUB_ID, "prompt_style": "long"}}, "external_models.qwen.prompt_style: "
+         "'long' is not one of 'compact', 'instruct'"),
+        ({"qwen": {"path": HUB_ID, "conditions": ["audio"]}}, "external_models.qwen.conditions: "
+         "unknown condition 'audio'"),
+        ({"qwen": {"path": HUB_ID, "conditions": []}}, "external_models.qwen.conditions: give at"),
+    ],
+)  # fmt: skip
+def test_external_model_errors_name_the_model(external, message):
+    with pytest.raises(C.ConfigError, match=message):
+        C.load(_raw(external_models=external))
+
+
+def _model_folder(path: Path, made_by_mgsd: bool = False) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    (path / "model.safetensors").write_bytes(b"")
+    if made_by_mgsd:
+        (path / C.STAGE_FILE).write_text("{}")
+    return path
+
+
+def test_external_models_load_with_their_defaults(tmp_path):
+    folder = _model_folder(tmp_path / "ours", made_by_mgsd=True)
+    external = {
+        "qwen": {"path": HUB_ID},
+        "ours": {"path": str(folder), "prompt_style": "compact", "conditions": ["image"]},
+    }
+    cfg = C.load(_raw(external_models=external))
+    C.check_inputs(cfg, tmp_path)
+    assert cfg.external_models["qwen"] == C.ExternalModel(path=HUB_ID)
+    assert cfg.external_models["qwen"].prompt_style == "instruct"
+    assert cfg.external_models["qwen"].conditions is None  # evaluate.conditions
+    assert cfg.external_models["ours"].conditions == ("image",)
+    assert C.default_prompt_style(str(folder)) == "compact"
+    assert C.default_prompt_style(HUB_ID) == "instruct"
+
+
+@pytest.mark.parametrize(
+    ("path", "style", "message"),
+    [
+        ("nowhere/at/all", "instruct", "external_models.x.path: nowhere/at/all does not exist"),
+        ("plain_name", "instruct", "external_models.x.path: plain_name does not exist"),
+        ("a_file", "instruct", "external_models.x.path: a_file is a file, not a model folder"),
+        ("empty", "instruct", "external_models.x.path: empty has no config.json"),
+        ("no_weights", "instruct", "external_models.x.path: no_weights has no \\*.safetensors"),
+        (HUB_ID, "compact", "external_models.x.prompt_style: compact prompts are mgsd's own"),
+        ("elsewhere", "compact", "elsewhere is not one: use instruct"),
+    ],
+)
+def test_an_external_model_must_exist_and_fit_its_prompt_style(tmp_path, path, style, message):
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "no_weights").mkdir()
+    (tmp_path / "no_weights" / "config.json").write_text("{}")
+    _model_folder(tmp_path / "elsewhere")
+    cfg = C.load(_raw(external_models={"x": {"path": path, "prompt_style": style}}))
+    with pytest.raises(C.ConfigError, match=message):
+        C.check_inputs(cfg, tmp_path)

@@ -19,14 +19,14 @@ def rec(rid, puzzle="frozenlake", method="mgsd", condition="image", level=3, **k
     fields = kw.pop("state_fields", {"level": True})
     row = {
         "id": rid, "puzzle": puzzle, "level": level, "method": method, "replicate": 0,
-        "condition": condition,
+        "external": False, "condition": condition,
         "prompt": "p", "reply": "r", "actions": "", "success": False, "exact_match": False,
-        "progress_rate": 0.0, "parsed": True, "illegal_kind": "", "state_parsed": True,
-        "state_correct": True, "state_fields": json.dumps(fields), "reply_tokens": 3,
-        "seconds": 0.1,
+        "progress_rate": 0.0, "parsed": True, "illegal_kind": "", "parser": "strict",
+        "state_parsed": True, "state_correct": True, "state_fields": json.dumps(fields),
+        "reply_tokens": 3, "seconds": 0.1,
     }  # fmt: skip
     row.update(kw)
-    return row
+    return {"success_strict": row["success"], "success_paper": row["success"], **row}
 
 
 def load(tmp_path, rows, name="r.parquet"):
@@ -151,6 +151,13 @@ def test_symbolic_is_base_under_text(tmp_path):
     assert pairs == [("base", False), ("symbolic", True)]
 
 
+def test_both_readings_are_summarized_with_intervals(tmp_path):
+    rows = [rec(i, success_strict=i == "a", success_paper=i in "abc") for i in "abcd"]
+    s = metrics.summarize(load(tmp_path, rows), ["method"], bootstrap=20).iloc[0]
+    assert (s["success_strict"], s["success_paper"]) == (0.25, 0.75)
+    assert s["success_paper_lo"] <= 0.75 <= s["success_paper_hi"]
+
+
 def test_load_records_names_the_file_and_missing_column(tmp_path):
     table = pa.Table.from_pylist([rec("a")], schema=EVAL_SCHEMA).drop_columns(["success"])
     pq.write_table(table, tmp_path / "bad.parquet")
@@ -169,5 +176,8 @@ def test_load_records_rejects_empty_duplicate_and_unknown(tmp_path):
     odd = write_eval([rec("a", condition="audio")], tmp_path / "odd.parquet")
     with pytest.raises(RecordError, match=r"odd\.parquet.*'audio'"):
         metrics.load_records([odd])
+    lax = write_eval([rec("a", parser="lax")], tmp_path / "lax.parquet")
+    with pytest.raises(RecordError, match=r"lax\.parquet.*unknown parser 'lax'"):
+        metrics.load_records([lax])
     with pytest.raises(RecordError, match="not found"):
         metrics.load_records([tmp_path / "nope.parquet"])

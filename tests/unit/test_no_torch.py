@@ -13,8 +13,8 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 def test_report_modules_do_not_import_torch():
     code = (
         "import sys\n"
-        "import mgsd.eval.metrics, mgsd.report.tables, mgsd.report.plots, mgsd.report.style\n"
-        "import mgsd.report.progress\n"
+        "import mgsd.eval.metrics, mgsd.eval.summary, mgsd.report.tables, mgsd.report.plots\n"
+        "import mgsd.report.style, mgsd.report.progress\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'mgsd.model'))))\n"
     )
     done = subprocess.run(

@@ -11,27 +11,41 @@ import pytest
 from mgsd.data.records import write_eval
 from mgsd.eval import metrics
 from mgsd.report import plots
-from mgsd.report.style import METHOD_COLORS
+from mgsd.report.style import EXTERNAL_COLORS, METHOD_COLORS
 
 
-def rec(rid, puzzle, method, condition, level, success):
+def rec(rid, puzzle, method, condition, level, success, external=False):
     return {
         "id": rid, "puzzle": puzzle, "level": level, "method": method, "replicate": 0,
-        "condition": condition,
+        "external": external, "condition": condition,
         "prompt": "p", "reply": "r", "actions": "", "success": success, "exact_match": success,
         "progress_rate": 1.0 if success else 0.0, "parsed": True, "illegal_kind": "",
+        "parser": "strict", "success_strict": success, "success_paper": success,
         "state_parsed": True, "state_correct": success or rid.endswith("0"),
         "state_fields": json.dumps({"level": True}), "reply_tokens": 3, "seconds": 0.1,
     }  # fmt: skip
 
 
-def records(tmp_path, methods=("base", "mgsd"), conditions=("image", "text", "image_oracle_state")):
+def records(
+    tmp_path,
+    methods=("base", "mgsd"),
+    conditions=("image", "text", "image_oracle_state"),
+    externals=(),
+):
     paths = []
-    for k, m in enumerate(methods):
+    for k, m in enumerate((*methods, *externals)):
         for puzzle, levels in (("frozenlake", (3, 4)), ("maze", (3,))):
             for cond in conditions:
                 rows = [
-                    rec(f"{puzzle}-{lv}-{i}", puzzle, m, cond, lv, (i + k + lv) % 3 == 0)
+                    rec(
+                        f"{puzzle}-{lv}-{i}",
+                        puzzle,
+                        m,
+                        cond,
+                        lv,
+                        (i + k + lv) % 3 == 0,
+                        external=m in externals,
+                    )  # fmt: skip
                     for lv in levels
                     for i in range(6)
                 ]
@@ -142,3 +156,23 @@ def test_the_workflow_declares_these_figures():
 
     assert workflow.FIGURES == plots.FIGURES
     assert workflow.REPORT_CONFIGS["figures"] == plots.CONFIG_FILE
+
+
+def test_external_models_are_labelled_and_styled_in_every_method_figure(tmp_path):
+    df = metrics.load_records(records(tmp_path, externals=("qwen", "llava")))
+    fig = plots.success_vs_side(df)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["base", "symbolic", "mgsd", "llava (external)", "qwen (external)"]
+    dotted = {mcolors.to_hex(h.get_color()) for h in fig.legends[0].legend_handles
+              if h.get_linestyle() == ":"}  # fmt: skip
+    assert dotted == {EXTERNAL_COLORS[0].lower(), EXTERNAL_COLORS[1].lower()}
+    for figure in (plots.modality_gap(df), plots.error_decomposition(df)):
+        ticks = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+        assert ticks[-2:] == ["llava (external)", "qwen (external)"], ticks
+        assert "mgsd" in ticks and "mgsd (external)" not in ticks
+    out = tmp_path / "fig"
+    paths = records(tmp_path, externals=("qwen",))
+    assert (
+        plots.main(["--records", *paths, "--config", '{"formats": ["png"]}', "--out", str(out)])
+        == 0
+    )

@@ -13,7 +13,7 @@ import pytest
 
 from mgsd.data.records import EVAL_SCHEMA, write_eval
 from mgsd.report import tables
-from mgsd.report.style import Table, to_latex, to_markdown
+from mgsd.report.style import EXTERNAL_NOTE, Table, to_latex, to_markdown
 
 CONFIG = json.dumps({"bootstrap": 50, "confidence": 0.95, "seed": 0})
 
@@ -21,14 +21,14 @@ CONFIG = json.dumps({"bootstrap": 50, "confidence": 0.95, "seed": 0})
 def rec(rid, puzzle, method, condition="image", level=3, success=False, **kw):
     row = {
         "id": rid, "puzzle": puzzle, "level": level, "method": method, "replicate": 0,
-        "condition": condition,
+        "external": False, "condition": condition,
         "prompt": "p", "reply": "r", "actions": "", "success": success,
         "exact_match": success, "progress_rate": 1.0 if success else 0.0, "parsed": True,
-        "illegal_kind": "", "state_parsed": True, "state_correct": True,
+        "illegal_kind": "", "parser": "strict", "state_parsed": True, "state_correct": True,
         "state_fields": json.dumps({"level": True}), "reply_tokens": 3, "seconds": 0.1,
     }  # fmt: skip
     row.update(kw)
-    return row
+    return {"success_strict": row["success"], "success_paper": row["success"], **row}
 
 
 def hand_made() -> dict[str, list[dict]]:
@@ -107,9 +107,49 @@ def test_main_golden(out):
     assert list(dict.fromkeys(main["method"])) == ["base", "symbolic", "opd_only", "mgsd"]
     md = (out / "main.md").read_text()
     sym_line = next(line for line in md.splitlines() if line.startswith("| symbolic"))
-    assert sym_line.count("100.0 [100.0, 100.0]") == 9  # SR, EM, PR of 2 puzzles and macro
+    # SR, SR (paper parser), EM, PR of 2 puzzles and macro
+    assert sym_line.count("100.0 [100.0, 100.0]") == 12
     assert "| base | 0.0 [0.0, 0.0] |" in md
     assert "Note:" not in md
+    assert "| frozenlake SR | frozenlake SR (paper parser) | frozenlake EM |" in md
+
+
+def _two_readings(parser: str) -> list[dict]:
+    """frozenlake mgsd: a succeeds under both readings, b and c only under the paper's, d under
+    neither; `success` is the reading of `parser`."""
+    paper = {"a": True, "b": True, "c": True, "d": False}
+    return [
+        rec(i, "frozenlake", "mgsd", success=paper[i] if parser == "paper" else i == "a",
+            success_strict=i == "a", success_paper=paper[i], parser=parser)
+        for i in "abcd"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("parser", ["strict", "paper"])
+def test_main_shows_the_other_answer_reading_beside_sr(tmp_path, parser):
+    paths = write(tmp_path, {"mgsd/frozenlake/image": _two_readings(parser)})
+    assert tables.main(["--records", *paths, "--config", CONFIG, "--out", str(tmp_path)]) == 0
+    r = row(csv(tmp_path, "main"), method="mgsd", puzzle="frozenlake")
+    assert (r["sr_strict"], r["sr_paper"]) == (25.0, 75.0)
+    assert r["sr"] == (75.0 if parser == "paper" else 25.0)
+    md = (tmp_path / "main.md").read_text()
+    other = "strict" if parser == "paper" else "paper"
+    assert f"| frozenlake SR | frozenlake SR ({other} parser) |" in md
+    line = next(x for x in md.splitlines() if x.startswith("| mgsd"))
+    assert line.startswith(f"| mgsd | {r['sr']:.1f} [") and f"| {r[f'sr_{other}']:.1f} [" in line
+    assert f"read each reply with the {'paper' if parser == 'paper' else 'strict'}" in md
+
+
+def test_main_notes_records_of_two_parsers(tmp_path):
+    files = {"mgsd/frozenlake/image": _two_readings("strict")}
+    files["opd_only/frozenlake/image"] = [
+        {**r, "method": "opd_only"} for r in _two_readings("paper")
+    ]
+    paths = write(tmp_path, files)
+    assert tables.main(["--records", *paths, "--config", CONFIG, "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "main.md").read_text()
+    assert "Note: the records mix answer parsers (strict, paper)." in md
+    assert "SR (paper parser)" in md
 
 
 def test_per_level(out):
@@ -293,3 +333,44 @@ def test_training_table_flags_unhealthy_distillation_runs(tmp_path):
     md = (tmp_path / "t" / "training.md").read_text()
     assert "opd_only/c1: dead mass 1, own log-prob -7.50, parse rate fell" in md
     assert "| mgsd | distillation | 10 | 1.700 -> 1.200 |" in md and "success 40.0" in md
+
+
+METHOD_TABLES = ("main", "per_level", "ablations", "modality_gap", "perception", "errors")
+
+
+def test_external_models_are_marked_rows_of_every_method_table(tmp_path):
+    files = hand_made()
+    for cond in ("image", "text"):  # qwen: frozenlake a, b right; maze m right
+        files[f"qwen/frozenlake/{cond}"] = [
+            rec(i, "frozenlake", "qwen", cond, success=i in "ab", external=True) for i in "abcd"
+        ]
+        files[f"qwen/maze/{cond}"] = [
+            rec(i, "maze", "qwen", cond, success=i == "m", external=True) for i in "mn"
+        ]
+    paths = write(tmp_path, files)
+    assert tables.main(["--records", *paths, "--config", CONFIG, "--out", str(tmp_path)]) == 0
+    for name in METHOD_TABLES:
+        md = (tmp_path / f"{name}.md").read_text()
+        assert "| qwen (external) |" in md, name
+        assert "(mgsd (external)" not in md and "| mgsd (external)" not in md, name
+        assert f"Note: {EXTERNAL_NOTE}." in md, name
+        data = csv(tmp_path, name)
+        assert set(data.loc[data["external"], "method"]) == {"qwen"}, name
+        assert not data.loc[data["method"] != "qwen", "external"].any(), name
+        assert "qwen (external)" in (tmp_path / f"{name}.tex").read_text(), name
+    main = csv(tmp_path, "main")
+    assert list(dict.fromkeys(main["method"])) == ["base", "symbolic", "opd_only", "mgsd", "qwen"]
+    assert row(main, method="qwen", puzzle="macro")["sr"] == 50.0
+    ab = csv(tmp_path, "ablations")
+    assert list(dict.fromkeys(ab["method"])) == ["mgsd", "opd_only", "qwen"]
+    assert row(ab, method="qwen", puzzle="frozenlake")["d_sr"] == 0.0  # a, b vs a, b
+    assert row(ab, method="qwen", puzzle="maze")["d_sr"] == -50.0
+    gap = csv(tmp_path, "modality_gap")
+    assert row(gap, method="qwen", puzzle="macro")["sr_text"] == 50.0
+    for name in ("seeds", "premise", "training"):  # no method rows of external models there
+        assert "qwen" not in (tmp_path / f"{name}.md").read_text(), name
+    # without external models there is no mark and no note
+    plain = tmp_path / "plain"
+    paths = write(plain, hand_made())
+    assert tables.main(["--records", *paths, "--config", CONFIG, "--out", str(plain)]) == 0
+    assert "external" not in (plain / "main.md").read_text()

@@ -82,7 +82,7 @@ def test_a_bad_row_is_named_before_any_model_loads(tmp_path, capsys):
     """Undecodable picture bytes or an invalid state stop a stage in one line that names the
     file, the row and the column, before the (here missing) model is even looked at."""
     from mgsd.data import records
-    from mgsd.data.generate import generate_rows
+    from mgsd.data.splits import generate_rows
     from mgsd.eval import evaluate
 
     rows = list(generate_rows("maze", "test", [3], 3, 1, 64, set(), {}, False))

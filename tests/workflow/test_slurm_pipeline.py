@@ -45,9 +45,10 @@ COMMAND += [*PRESETS, *CI_OVERRIDES, "--workflow-profile", "none"]
 USER_VARIABLES = ("MGSD_SLURM_PARTITION", "MGSD_SLURM_ACCOUNT")
 GPU_RULES = frozenset(
     {"symbolic_pretrain", "grounding", "sft_direct", "grounding_sft", "distill", "evaluate",
-     "premise_eval"}
+     "premise_eval", "evaluate_external"}
 )  # fmt: skip
-STAGE_OF_RULE = {"premise_eval": "evaluate"}  # the config section whose resources a rule asks
+# the config section whose resources a rule asks
+STAGE_OF_RULE = {"premise_eval": "evaluate", "evaluate_external": "evaluate"}
 CANCELLED_RULE = "symbolic_pretrain"  # its model is "base", its resume folder resume/base
 # generous: the data and scratch jobs run first, on a 2-core CI machine shared with other jobs
 START_TIMEOUT_S = 900

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -281,7 +282,83 @@ def test_list_rules_explains_every_rule(tmp_path):
                                                       "distill": {"lr": [1e-4, 3e-4]}}})  # fmt: skip
     proc = snakemake(tmp_path, "--list-rules", "--configfile", str(SMOKE), str(over))
     rules = [line for line in proc.stdout.splitlines() if line and not line.startswith("Config")]
-    assert len(rules) == 17, rules  # every rule, the sweep's candidate and select rules too
+    assert len(rules) == 18, rules  # every rule, the sweep's candidate and select rules too
     for line in rules:
         name, _, doc = line.partition(" (")
         assert len(doc) > 30 and doc.endswith(".)"), line
+
+
+# ---------------------------------------------------------------- external models
+
+HUB_ID = "Qwen/Qwen3-VL-4B-Instruct"
+
+
+def job_blocks(proc: subprocess.CompletedProcess, rule: str) -> list[str]:
+    """The printed blocks (`-n -p`) of every planned job of `rule`."""
+    out = proc.stdout + proc.stderr
+    return [b for b in out.split("\nrule ")[1:] if b.startswith(f"{rule}:")]
+
+
+def test_external_models_get_one_gpu_evaluation_job_per_condition(tmp_path):
+    model = tmp_path / "elsewhere" / "my_vlm"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"")
+    ext = overlay(
+        tmp_path,
+        "ext.yaml",
+        {
+            "external_models": {
+                "qwen": {"path": HUB_ID, "conditions": ["image", "text"]},
+                "mine": {"path": str(model)},  # the evaluate section's 3 conditions
+            },
+            "resources": {"evaluate": {"gpus": 1, "cpus_per_gpu": 2}},
+        },
+    )
+    proc = snakemake(tmp_path, "-n", "-p", "all", "--configfile", str(SMOKE), str(ext))
+    assert planned_jobs(proc)["evaluate_external"] == 5
+    assert planned_jobs(proc)["evaluate"] == 9  # as without external models
+    blocks = job_blocks(proc, "evaluate_external")
+    assert len(blocks) == 5
+    seen = set()
+    for b in blocks:
+        name, cond = re.search(r"wildcards: external=(\w+), condition=(\w+)", b).groups()
+        seen.add((name, cond))
+        assert "gpu=1" in b and "cpus_per_gpu=2" in b, b  # the resources of `evaluate`
+        command = b[b.index("Shell command:") :]
+        assert f"--method {name} --external" in command and f"--conditions {cond} " in command
+        if name == "qwen":
+            assert f"--model {HUB_ID} " in command and "--prompt-style instruct" in command
+        else:
+            assert f"--model {model} " in command and f"input: {model}," in b
+        assert f"results/smoke/eval/{name}/maze/{cond}.parquet" in b
+    assert seen == {("qwen", "image"), ("qwen", "text")} | {
+        ("mine", c) for c in ("image", "text", "image_oracle_state")
+    }
+    # the reports read every external record
+    (tables,) = job_blocks(proc, "tables")
+    assert "results/smoke/eval/qwen/frozenlake/text.parquet" in tables
+    assert "results/smoke/eval/mine/minibehaviour/image_oracle_state.parquet" in tables
+
+
+@pytest.mark.parametrize(
+    ("external", "message"),
+    [
+        ({"mgsd": {"path": HUB_ID}}, "external_models.mgsd: the name 'mgsd' clashes with the "
+         "method 'mgsd'"),
+        ({"base": {"path": HUB_ID}}, "external_models.base: the name 'base' clashes"),
+        ({"mine": {"path": "{tmp}/no/such/model"}}, "external_models.mine.path: {tmp}/no/such/model "
+         "does not exist"),
+        ({"mine": {"path": "{tmp}"}}, "external_models.mine.path: {tmp} has no config.json"),
+        ({"mine": {"path": HUB_ID, "prompt_style": "compact"}}, "external_models.mine.prompt_style"),
+    ],
+    ids=["clash-method", "clash-base", "missing-path", "not-a-model", "compact-hub-model"],
+)  # fmt: skip
+def test_a_bad_external_model_stops_the_run_before_any_job(tmp_path, external, message):
+    external = yaml.safe_load(yaml.safe_dump(external).replace("{tmp}", str(tmp_path)))
+    ext = overlay(tmp_path, "ext.yaml", {"external_models": external})
+    proc = snakemake(tmp_path, "-n", "all", "--configfile", str(SMOKE), str(ext), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "invalid configuration" in out
+    assert message.replace("{tmp}", str(tmp_path)) in out, out[-2000:]
+    assert not (tmp_path / "results").exists() and "Job stats" not in out

@@ -14,6 +14,8 @@ rule evaluate:
         f"{ROOT}/logs/eval/{{method}}.log",
     benchmark:
         f"{ROOT}/benchmarks/eval/{{method}}.tsv"
+    wildcard_constraints:
+        method=one_of(evaluated_models(CFG)),
     conda:
         "../../envs/mgsd.yaml"
     resources:
@@ -30,6 +32,40 @@ rule evaluate:
         "mgsd evaluate --model {params.model:q} --method {params.method}"
         " --replicate {params.replicate}"
         " --data {input.data:q} --conditions {params.conditions} --config {params.cfg:q}"
+        " --prompt-style {params.style} --out-dir {params.out:q} > {log:q} 2>&1"
+
+
+# External models (config external_models): evaluated as given, one job per model and input
+# condition, with the GPU resources of `evaluate`. A job reads only its model's path and prompt
+# style and the evaluate section, so changing one external model reruns its jobs and the reports.
+rule evaluate_external:
+    """One external model (config external_models) x one input condition on the test sets."""
+
+    input:
+        model=lambda wc: external_inputs(CFG, wc.external),
+        data=[data_file(CFG, p, "test") for p in CFG.data.puzzles],
+    output:
+        records=external_outputs(CFG, "{external}", "{condition}", ".parquet"),
+        metrics=external_outputs(CFG, "{external}", "{condition}", ".json"),
+    log:
+        f"{ROOT}/logs/eval/external/{{external}}/{{condition}}.log",
+    benchmark:
+        f"{ROOT}/benchmarks/eval/external/{{external}}/{{condition}}.tsv"
+    wildcard_constraints:
+        external=one_of(CFG.external_models),
+        condition=one_of(CONDITIONS),
+    conda:
+        "../../envs/mgsd.yaml"
+    resources:
+        **gpu_resources(CFG, "evaluate"),
+    params:
+        cfg=lambda wc: section_json(CFG.evaluate),
+        model=lambda wc: CFG.external_models[wc.external].path,
+        style=lambda wc: CFG.external_models[wc.external].prompt_style,
+        out=lambda wc, output: os.path.dirname(os.path.dirname(output.records[0])),
+    shell:
+        "mgsd evaluate --model {params.model:q} --method {wildcards.external} --external"
+        " --data {input.data:q} --conditions {wildcards.condition} --config {params.cfg:q}"
         " --prompt-style {params.style} --out-dir {params.out:q} > {log:q} 2>&1"
 
 

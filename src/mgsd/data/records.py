@@ -40,6 +40,7 @@ EVAL_SCHEMA = pa.schema(
         ("level", pa.int32()),
         ("method", pa.string()),
         ("replicate", pa.int32()),  # 0, or k for the method trained with seed + k
+        ("external", pa.bool_()),  # a model of config external_models, not trained here
         ("condition", pa.string()),
         ("prompt", pa.string()),
         ("reply", pa.string()),
@@ -49,6 +50,9 @@ EVAL_SCHEMA = pa.schema(
         ("progress_rate", pa.float64()),
         ("parsed", pa.bool_()),
         ("illegal_kind", pa.string()),
+        ("parser", pa.string()),  # the answer reading of the six columns above: strict or paper
+        ("success_strict", pa.bool_()),  # success under each reading, whichever is `parser`
+        ("success_paper", pa.bool_()),
         ("state_parsed", pa.bool_()),
         ("state_correct", pa.bool_()),
         ("state_fields", pa.string()),

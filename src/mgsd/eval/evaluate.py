@@ -1,19 +1,30 @@
 r"""`mgsd evaluate`: one model on the test sets of several puzzles, under several input
 conditions -> per-instance records.
 
+In the pipeline (every path given):
+
     mgsd evaluate --model results/default/models/mgsd/model --method mgsd \
         --data results/default/data/frozenlake/test.parquet results/default/data/maze/test.parquet \
         --conditions image text image_oracle_state \
         --config '{"max_new_tokens": 192, ...}' --out-dir results/default/eval/mgsd
 
-The model loads once; every file (one per puzzle) is evaluated under every condition, and each
-puzzle x condition writes `<out-dir>/<puzzle>/<condition>.parquet` (one row per test instance;
-columns in `mgsd.data.records.EVAL_SCHEMA`) and a metrics JSON beside it. Conditions: `image`
-(the real task), `text` (the state as text: the model's symbolic upper bound),
-`image_oracle_state` (the picture, with the true state forced as the start of the reply:
-planning under perfect perception) and `teacher` (the teacher's prompt: the state and the
-reference plan as text; the premise table reads it). Decoding is greedy and batched; a reply
-that never closes an answer block is an unparsed failure, never an error.
+On its own, any model folder or hub id on the public test sets (VSP FrozenLake and
+VisualPlanning MiniBehaviour from the benchmarks folder, Maze generated with VisualPlanning's
+protocol; `mgsd.data.splits.PUBLIC_TEST_SETS`):
+
+    mgsd evaluate --model Qwen/Qwen3-VL-4B-Instruct --benchmarks-dir ../shared/benchmarks \
+        --config '{"limit_per_level": 20}'
+
+Writes `<out-dir>/<puzzle>/<condition>.parquet` (one row per test instance; columns in
+`mgsd.data.records.EVAL_SCHEMA`) and a metrics JSON beside each, when --out-dir is given, and
+prints a one-screen summary: SR / EM / PR per puzzle with bootstrap intervals
+(`mgsd.eval.summary`). Conditions: `image` (the real task), `text` (the state as text: the
+model's symbolic upper bound) and `image_oracle_state` (the picture, with the true state forced
+as the start of the reply: planning under perfect perception) and `teacher` (the teacher's
+prompt: the state and the reference plan as text; the premise table reads it). Decoding is greedy and batched;
+a reply that never closes an answer block is an unparsed failure under the strict parser, never
+an error. The prompt style defaults to `compact` for a folder trained by mgsd and `instruct`
+(the long prompt an instruct model follows without training) for anything else.
 """
 
 from __future__ import annotations
@@ -29,12 +40,21 @@ import torch
 from tqdm import tqdm
 
 from mgsd import cli_args, puzzles
-from mgsd.config import ConfigError, EvaluateConfig, load_section
+from mgsd.config import (
+    ConfigError,
+    EvaluateConfig,
+    TablesConfig,
+    default_prompt_style,
+    load_section,
+)
 from mgsd.data import records
+from mgsd.data.splits import public_test_rows
+from mgsd.eval import summary
 from mgsd.model import prompts
 from mgsd.model.generate import generate
 from mgsd.model.load import load_model
-from mgsd.model.tasks import CONDITION_TASK, Instance, load_instances, make_example
+from mgsd.model.tasks import CONDITION_TASK, Instance, load_instances, make_example, to_instances
+from mgsd.puzzles.base import PARSERS
 from mgsd.train.common import write_atomic_json
 
 
@@ -51,10 +71,12 @@ def select(instances: list[Instance], limit_per_level: int) -> list[Instance]:
     return out
 
 
-def score_reply(inst: Instance, reply: str, offgrid: str) -> dict:
-    """The metrics of one reply, and the state it stated compared with the truth."""
+def score_reply(inst: Instance, reply: str, offgrid: str, parser: str = "strict") -> dict:
+    """The metrics of one reply under `parser`, its success under both answer readings, and the
+    state it stated compared with the truth."""
     p = puzzles.get(inst.puzzle)
-    s = p.score(inst.state, reply, offgrid=offgrid)
+    readings = {name: p.score(inst.state, reply, offgrid, name) for name in PARSERS}
+    s = readings[parser]
     stated = prompts.parse_stated_state(inst.puzzle, reply)
     truth = p.field_values(inst.state)
     fields = {k: stated.get(k) == v for k, v in truth.items()}
@@ -65,6 +87,9 @@ def score_reply(inst: Instance, reply: str, offgrid: str) -> dict:
         "progress_rate": s.progress_rate,
         "parsed": s.parsed,
         "illegal_kind": s.illegal_kind,
+        "parser": parser,
+        "success_strict": readings["strict"].success,
+        "success_paper": readings["paper"].success,
         "state_parsed": bool(stated),
         "state_correct": all(fields.values()),
         "state_fields": json.dumps(fields, sort_keys=True),
@@ -80,6 +105,8 @@ def evaluate(
     cfg: EvaluateConfig,
     style: str,
     replicate: int = 0,
+    external: bool = False,
+    progress: bool = True,
 ) -> list[dict]:
     task = CONDITION_TASK[condition]
     rows = []
@@ -88,6 +115,7 @@ def evaluate(
         desc=f"{method} {insts[0].puzzle if insts else ''} {condition}",
         unit="inst",
         mininterval=2.0,
+        disable=not progress,
     )
     for i in range(0, len(insts), cfg.batch_size):
         chunk = insts[i : i + cfg.batch_size]
@@ -104,10 +132,11 @@ def evaluate(
                     "level": inst.level,
                     "method": method,
                     "replicate": replicate,
+                    "external": external,
                     "condition": condition,
                     "prompt": json.dumps(ex.messages),
                     "reply": reply,
-                    **score_reply(inst, reply, cfg.offgrid),
+                    **score_reply(inst, reply, cfg.offgrid, cfg.parser),
                     "reply_tokens": len(g.token_ids),
                     "seconds": dt,
                 }
@@ -117,7 +146,7 @@ def evaluate(
     return rows
 
 
-def summary(rows: list[dict]) -> dict:
+def summary_stats(rows: list[dict]) -> dict:
     n = len(rows)
     mean = lambda k: sum(float(r[k]) for r in rows) / max(n, 1)  # noqa: E731
     by_level: dict[int, list[dict]] = defaultdict(list)
@@ -129,6 +158,8 @@ def summary(rows: list[dict]) -> dict:
         "exact_match": mean("exact_match"),
         "progress_rate": mean("progress_rate"),
         "parse_rate": mean("parsed"),
+        "success_strict": mean("success_strict"),
+        "success_paper": mean("success_paper"),
         "state_correct": mean("state_correct"),
         "reply_tokens": mean("reply_tokens"),
         "per_level": {
@@ -139,49 +170,77 @@ def summary(rows: list[dict]) -> dict:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    return cli_args.evaluate().parse_args(argv)
+    args = cli_args.evaluate().parse_args(argv)
+    args.prompt_style = args.prompt_style or default_prompt_style(args.model)
+    args.method = args.method or model_name(args.model)
+    return args
+
+
+def model_name(model: str) -> str:
+    """A name for the records of a model: its folder's name (its parent's for a pipeline's
+    `models/<method>/model`), or the name part of a hub id."""
+    path = Path(model.rstrip("/"))
+    return path.parent.name if path.name == "model" and path.parent.name else path.name
+
+
+def load_test_sets(args: argparse.Namespace, cfg: EvaluateConfig) -> dict[str, list[Instance]]:
+    """The instances to evaluate, by where they come from: the --data files, or the public test
+    sets of --benchmarks-dir; `limit_per_level` applied."""
+    if args.data:
+        return {path: select(load_instances([path]), cfg.limit_per_level) for path in args.data}
+    out = {}
+    for puzzle in args.puzzles:
+        rows = public_test_rows(puzzle, args.benchmarks_dir, args.image_size, not args.no_progress)
+        where = f"{args.benchmarks_dir} ({puzzle})"
+        out[where] = select(to_instances(rows, where), cfg.limit_per_level)
+    return out
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         cfg = load_section(EvaluateConfig, args.config, "evaluate")
-        by_puzzle = {
-            path: select(load_instances([path]), cfg.limit_per_level) for path in args.data
-        }
+        by_source = load_test_sets(args, cfg)
         model, processor = load_model(args.model, trainable=False)
     except (ConfigError, records.RecordError, FileNotFoundError, OSError, ValueError) as e:
         print(f"mgsd evaluate: {e}", file=sys.stderr)
         return 1
     model.eval()
-    out_dir = Path(args.out_dir)
-    for path, insts in by_puzzle.items():
+    every: list[dict] = []
+    for source, insts in by_source.items():
         if not insts:
-            print(f"mgsd evaluate: {path} has no instances", file=sys.stderr)
+            print(f"mgsd evaluate: {source} has no instances", file=sys.stderr)
             return 1
         puzzle = insts[0].puzzle
         for cond in args.conditions:
             with torch.inference_mode():
                 rows = evaluate(
                     model, processor, insts, args.method, cond, cfg, args.prompt_style,
-                    args.replicate,
+                    args.replicate, args.external, not args.no_progress,
                 )  # fmt: skip
-            target = out_dir / puzzle / f"{cond}.parquet"
-            records.write_eval(rows, target)
-            stats = summary(rows)
-            write_atomic_json(
-                target.with_suffix(".json"),
-                {
-                    "method": args.method,
-                    "replicate": args.replicate,
-                    "puzzle": puzzle,
-                    "condition": cond,
-                    **stats,
-                },  # fmt: skip
-            )
+            every += rows
+            stats = summary_stats(rows)
+            if args.out_dir:
+                write(rows, stats, Path(args.out_dir) / puzzle / f"{cond}.parquet", args, cfg)
             print(
                 f"{args.method} {puzzle} {cond}: SR {stats['success']:.3f} "
                 f"EM {stats['exact_match']:.3f} PR {stats['progress_rate']:.3f} "
                 f"parsed {stats['parse_rate']:.3f} (n={stats['n']})"
             )
+    ci = TablesConfig()
+    title = f"\n{args.method}: {args.model}, {args.prompt_style} prompts"
+    print(summary.render(every, title, ci.bootstrap, ci.confidence, ci.seed))
     return 0
+
+
+def write(
+    rows: list[dict], stats: dict, target: Path, args: argparse.Namespace, cfg: EvaluateConfig
+) -> None:
+    """The records of one (puzzle, condition) and the metrics JSON beside them."""
+    records.write_eval(rows, target)
+    meta = {
+        "method": args.method, "replicate": args.replicate, "external": args.external,
+        "model": args.model, "prompt_style": args.prompt_style, "parser": cfg.parser,
+        "puzzle": rows[0]["puzzle"], "condition": rows[0]["condition"],
+    }  # fmt: skip
+    write_atomic_json(target.with_suffix(".json"), {**meta, **stats})

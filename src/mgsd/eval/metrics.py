@@ -3,8 +3,10 @@
 Input: evaluation records (docs/architecture.md, "Evaluation records"), one row per test instance,
 read with `load_records`. Every rate here is a fraction in [0, 1]; the report turns it into percent.
 
-- `summarize(df, by)`: per group n, the means of success / exact_match / progress_rate / parsed and
-  the illegal-action rate of every kind; with ``bootstrap > 0`` also percentile-bootstrap CIs.
+- `summarize(df, by)`: per group n, the means of success / exact_match / progress_rate / parsed,
+  of the success under each answer reading (`success_strict`, `success_paper`; `success` is the
+  one of the records' `parser`) and the illegal-action rate of every kind; with
+  ``bootstrap > 0`` also percentile-bootstrap CIs.
 - `macro(df, by)`: the same numbers as the unweighted mean over puzzles of the per-puzzle means.
   Its CI treats puzzles as fixed strata: every bootstrap replicate resamples each puzzle's
   instances independently (with replacement, keeping that puzzle's size), takes each puzzle's mean
@@ -32,9 +34,13 @@ from mgsd.config import CONDITIONS, METHODS, PUZZLES
 from mgsd.data.records import EVAL_COLUMNS, EVAL_SCHEMA, RecordError, read_table
 
 METRICS = ("success", "exact_match", "progress_rate")
-RATES = (*METRICS, "parsed")
+READINGS = {"strict": "success_strict", "paper": "success_paper"}  # success per answer parser
+RATES = (*METRICS, "parsed", *READINGS.values())
 ILLEGAL_KINDS = ("hole", "wall", "offgrid", "table", "bad_pick", "bad_drop")
-_BOOL_COLUMNS = ("success", "exact_match", "parsed", "state_parsed", "state_correct")
+_BOOL_COLUMNS = (
+    "success", "exact_match", "parsed", "state_parsed", "state_correct", *READINGS.values(),
+    "external",
+)  # fmt: skip
 _ORDERS = {"method": METHODS, "puzzle": PUZZLES, "condition": CONDITIONS}
 
 
@@ -61,6 +67,7 @@ def load_records(paths: Iterable[str | Path]) -> pd.DataFrame:
             "puzzle",
             "method",
             "replicate",
+            "parser",
         ):
             if table.column(col).null_count:
                 raise RecordError(
@@ -72,6 +79,8 @@ def load_records(paths: Iterable[str | Path]) -> pd.DataFrame:
             raise RecordError(
                 f"{path}: unknown condition {bad[0]!r} (known: {', '.join(CONDITIONS)})"
             )
+        if bad := sorted(set(df["parser"]) - set(READINGS)):
+            raise RecordError(f"{path}: unknown parser {bad[0]!r} (known: {', '.join(READINGS)})")
         df["_file"] = str(path)
         frames.append(df)
     if not frames:
@@ -112,6 +121,17 @@ def _rank(s: pd.Series) -> pd.Series:
     extra = sorted(set(s) - set(known), key=str)
     rank = {v: i for i, v in enumerate((*known, *extra))}
     return s.map(rank)
+
+
+def external_methods(df: pd.DataFrame) -> set[str]:
+    """The methods whose records come from external models (config `external_models`)."""
+    return set(df.loc[df["external"], "method"]) if len(df) else set()
+
+
+def parsers(df: pd.DataFrame) -> list[str]:
+    """The answer readings behind the records' success column, in `READINGS` order."""
+    have = set(df["parser"]) if len(df) else set()
+    return [p for p in READINGS if p in have]
 
 
 def image_records(df: pd.DataFrame) -> pd.DataFrame:
@@ -254,9 +274,10 @@ def summarize(
     seed: int = 0,
     over_puzzles: bool = False,
 ) -> pd.DataFrame:
-    """Per group: n, mean success / exact_match / progress_rate / parsed, `illegal_<kind>` rates;
-    with ``bootstrap > 0`` the percentile-bootstrap CIs of the four means (`<col>_lo/_hi`);
-    `over_puzzles`: the unweighted mean over puzzles (see `macro`)."""
+    """Per group: n, mean success / exact_match / progress_rate / parsed / success_strict /
+    success_paper (`RATES`), `illegal_<kind>` rates; with ``bootstrap > 0`` the
+    percentile-bootstrap CIs of the `RATES` means (`<col>_lo/_hi`); `over_puzzles`: the
+    unweighted mean over puzzles (see `macro`)."""
     flagged, illegal = _with_illegal_flags(df)
     return mean_table(
         flagged,

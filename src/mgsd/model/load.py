@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from mgsd.config import STAGE_FILE
 from mgsd.model.vision import batch_same_size_attention
 
-STAGE_FILE = "mgsd_stage.json"
 # `org/name` with no local folder of that name is taken as a hub id; other missing paths are errors.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

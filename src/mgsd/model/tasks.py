@@ -81,12 +81,16 @@ class Instance:
 def load_instances(paths: list[str]) -> list[Instance]:
     """The rows of several data files, in file order, each checked (`check_instance`) so that a
     bad row stops a stage before any model loads, with a message naming it."""
+    return [inst for path in paths for inst in to_instances(records.read_data(path), path)]
+
+
+def to_instances(rows: list[dict], where) -> list[Instance]:
+    """Data rows (`mgsd.data.records.DATA_COLUMNS`) as checked instances; `where` names them."""
     out = []
-    for path in paths:
-        for r in records.read_data(path):
-            inst = Instance(r["id"], r["puzzle"], r["level"], r["state"], r["image"], r["solution"])
-            check_instance(inst, path)
-            out.append(inst)
+    for r in rows:
+        inst = Instance(r["id"], r["puzzle"], r["level"], r["state"], r["image"], r["solution"])
+        check_instance(inst, where)
+        out.append(inst)
     return out
 
 

@@ -12,7 +12,9 @@ optimal plan, plan execution and the metrics:
   the remaining optimal length by exactly one (so EM iff PR == 1).
 
 Answers are read from the **last** ``<answer>...</answer>`` block of a reply (tags are
-case-insensitive); parsing never raises and returns None when there is no readable plan.
+case-insensitive); parsing never raises and returns None when there is no readable plan. That is
+the `strict` parser; `paper` is the lenient reading of the MGSD paper's evaluator (`PARSERS`,
+`read_plan`), kept so that our numbers can be set beside published ones.
 """
 
 from __future__ import annotations
@@ -240,6 +242,63 @@ def parse_plan(text: Any, actions: Sequence[str]) -> list[str] | None:
     if not plan or any(a not in actions for a in plan):
         return None
     return plan
+
+
+PARSERS = ("strict", "paper")
+_LETTERS = re.compile(r"[A-Za-z]+")
+_MOVE_RUN = re.compile(r"[UDLR]+")
+
+
+def first_answer_block(text: Any) -> str | None:
+    """The inside of the paper's answer block: from the **first** opening tag to the next
+    closing tag after it; None when there is no opening tag or it is never closed."""
+    if not isinstance(text, str):
+        return None
+    opening = _OPEN.search(text)
+    if opening is None:
+        return None
+    close = _CLOSE.search(text, opening.end())
+    return None if close is None else text[opening.end() : close.start()]
+
+
+def parse_plan_paper(text: Any, actions: Sequence[str]) -> list[str] | None:
+    """The paper's lenient reading: every action word, in order, of its answer block
+    (`first_answer_block`), or of the whole reply when that block is missing or never closed.
+
+    An action word is a run of letters that is up/down/left/right/pick/drop (any case) or made of
+    the capital move letters U D L R (``"RDD"`` is three moves); inside a closed block lowercase
+    runs (``"rdd"``) count too, as in the strict parser. Every other word, and every action that
+    is not in `actions`, is skipped instead of making the plan unreadable. So the state text
+    ``R LR DL`` of a maze reply without an answer block reads as the moves R L R D L. None when
+    no action word is found. Linear in the length of the text; never raises.
+    """
+    if not isinstance(text, str):
+        return None
+    block = first_answer_block(text)
+    scope = text if block is None else block
+    allowed = set(actions)
+    plan: list[str] = []
+    for match in _LETTERS.finditer(scope):
+        word = match.group()
+        low = word.lower()
+        if low in _WORDS:
+            found = [_WORDS[low]]
+        elif _MOVE_RUN.fullmatch(word) or (block is not None and set(low) <= set("udlr")):
+            found = list(word.upper())
+        else:
+            continue
+        plan.extend(a for a in found if a in allowed)
+    return plan or None
+
+
+def read_plan(text: Any, actions: Sequence[str], parser: str = "strict") -> list[str] | None:
+    """The plan of a reply under `parser`: `strict` (`parse_plan`) or `paper`
+    (`parse_plan_paper`). Never raises on any text; ValueError for an unknown parser."""
+    if parser == "strict":
+        return parse_plan(text, actions)
+    if parser == "paper":
+        return parse_plan_paper(text, actions)
+    raise ValueError(f"parser: {parser!r} is not one of {', '.join(PARSERS)}")
 
 
 # ---------------------------------------------------------------- descriptions

@@ -267,13 +267,13 @@ def simulate(state: State, actions: list[str], offgrid: str = "fail") -> Simulat
     return _planner(state).run(actions, offgrid)[0]
 
 
-def parse_answer(text: str) -> list[str] | None:
-    return base.parse_plan(text, ACTIONS)
+def parse_answer(text: str, parser: str = "strict") -> list[str] | None:
+    return base.read_plan(text, ACTIONS, parser)
 
 
 def format_answer(actions: list[str]) -> str:
     return " ".join(actions)
 
 
-def score(state: State, text: str, offgrid: str = "fail") -> Score:
-    return _planner(state).score(parse_answer(text), offgrid)
+def score(state: State, text: str, offgrid: str = "fail", parser: str = "strict") -> Score:
+    return _planner(state).score(parse_answer(text, parser), offgrid)

@@ -15,6 +15,9 @@ Writes <out>/<name>.<format> for every name in `FIGURES` and every configured fo
 - training_curves: SFT losses (train solid, validation dashed), distillation reverse KL, the
   teacher's and the student's log-probs of the student's samples, validation success.
 
+External models (config `external_models`) appear in the first three figures like any method,
+labelled "<name> (external)" and drawn in their own style (`mgsd.report.style`).
+
 Error bars are percentile-bootstrap intervals with the tables' defaults (`TablesConfig()`: 95%,
 1000 resamples, seed 0), since the plots section has no bootstrap settings. A training log's
 method is its folder's name (models/<method>/train_log.jsonl); a log holds SFT curves unless it
@@ -48,6 +51,7 @@ from mgsd.report.style import (
     atomic_write,
     atomic_write_text,
     method_color,
+    method_label,
     method_marker,
 )
 
@@ -133,24 +137,34 @@ def _puzzles(df: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(metrics.order(df, ["puzzle"])["puzzle"])) if len(df) else []
 
 
+def _externals(df: pd.DataFrame) -> list[str]:
+    """The external models among the records, in report order."""
+    return [m for m in _methods(df) if m in metrics.external_methods(df)]
+
+
 def _yerr(rows: pd.DataFrame, col: str = "success") -> np.ndarray:
     """Asymmetric error bars (2, K) in percent from `<col>_lo` / `<col>_hi`."""
     return 100 * np.stack([rows[col] - rows[f"{col}_lo"], rows[f"{col}_hi"] - rows[col]])
 
 
-def _method_style(m: str) -> dict:
-    """Colour, marker and dash of a method's line: the same in every figure."""
+def _method_style(m: str, externals: list[str]) -> dict:
+    """Colour, marker and dash of a method's line: the same in every figure; external models
+    dotted, with hollow diamonds."""
+    if m in externals:
+        return {"color": method_color(m, externals), "marker": "D", "mfc": "white",
+                "mec": method_color(m, externals), "mew": 1.2, "ls": ":"}  # fmt: skip
     return {
         "color": method_color(m), "marker": method_marker(m), "mec": "black", "mew": 0.4,
         "ls": "--" if m == "symbolic" else "-",
     }  # fmt: skip
 
 
-def _method_legend(fig: Figure, methods: list[str]) -> None:
+def _method_legend(fig: Figure, methods: list[str], externals: list[str]) -> None:
     """One entry per method, below the panels (a right-hand legend would meet the title)."""
     if methods:
-        handles = [Line2D([], [], **_method_style(m)) for m in methods]
-        fig.legend(handles, methods, loc="outside lower center", ncols=min(5, len(methods)),
+        handles = [Line2D([], [], **_method_style(m, externals)) for m in methods]
+        labels = [method_label(m, externals) for m in methods]
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(5, len(methods)),
                    frameon=False)  # fmt: skip
 
 
@@ -161,7 +175,7 @@ def success_vs_side(df: pd.DataFrame) -> Figure:
     recs = metrics.main_records(df)
     keys = ["puzzle", "level", "method"]
     stats = metrics.summarize(recs, keys, CI.bootstrap, CI.confidence, CI.seed)
-    puzzles, methods = _puzzles(recs), _methods(stats)
+    puzzles, methods, externals = _puzzles(recs), _methods(stats), _externals(recs)
     fig, axes = _new(len(puzzles), 3.4 * max(1, len(puzzles)) + 1.6, 3.4)
     fig.suptitle("Success rate against grid side (image input; symbolic = base given the text)")
     if not puzzles:
@@ -174,19 +188,19 @@ def success_vs_side(df: pd.DataFrame) -> Figure:
                 continue
             dodge = (i - (len(methods) - 1) / 2) * 0.04  # keep error bars apart
             x, y = rows["level"] + dodge, 100 * rows["success"]
-            ax.errorbar(x, y, yerr=_yerr(rows), **_method_style(m), ms=5, lw=1.4, capsize=2,
-                        elinewidth=0.8)  # fmt: skip
+            ax.errorbar(x, y, yerr=_yerr(rows), **_method_style(m, externals), ms=5, lw=1.4,
+                        capsize=2, elinewidth=0.8)  # fmt: skip
         levels = sorted(set(mine["level"]))
         ax.set(title=puzzle, xlabel="grid side N (cells)", xticks=levels, ylim=(-3, 103))
         ax.set_xlim(min(levels) - 0.5, max(levels) + 0.5)
     axes[0].set_ylabel("success rate (%)")
-    _method_legend(fig, methods)
+    _method_legend(fig, methods, externals)
     return fig
 
 
 def modality_gap(df: pd.DataFrame) -> Figure:
     stats = metrics.macro(df, ["method", "condition"], CI.bootstrap, CI.confidence, CI.seed)
-    methods = _methods(stats)
+    methods, externals = _methods(stats), _externals(df)
     fig, (ax,) = _new(1, 1.0 * max(4, len(methods)) + 2.4, 3.6)
     title = "Modality gap: success by input (macro over puzzles)"
     if not methods:
@@ -201,8 +215,10 @@ def modality_gap(df: pd.DataFrame) -> Figure:
                 continue
             ax.bar(i + (j - 1) * width, 100 * r["success"], width, yerr=_yerr(pd.DataFrame([r])),
                    capsize=2, error_kw={"elinewidth": 0.8}, edgecolor="black", lw=0.5,
-                   facecolor=to_rgba(method_color(m), style["alpha"]), hatch=style["hatch"])  # fmt: skip
-    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", rotation_mode="anchor")
+                   facecolor=to_rgba(method_color(m, externals), style["alpha"]),
+                   hatch=style["hatch"])  # fmt: skip
+    labels = [method_label(m, externals) for m in methods]
+    ax.set_xticks(range(len(methods)), labels, rotation=30, ha="right", rotation_mode="anchor")
     ax.set_xlim(-0.6, len(methods) - 0.4)
     ax.set(title=title, ylabel="success rate (%, macro over puzzles)", ylim=(0, 103))
     ax.set_xlabel("method")
@@ -226,7 +242,7 @@ def error_decomposition(df: pd.DataFrame) -> Figure:
     if len(stats):
         macro = stats.groupby("method", sort=False)[rates].mean().reset_index()
         stats = pd.concat([stats, macro.assign(puzzle="macro")], ignore_index=True)
-    panels, methods = _puzzles(stats), _methods(stats)
+    panels, methods, externals = _puzzles(stats), _methods(stats), _externals(df)
     ncols = min(2, len(panels))  # two panels per row: each holds a bar per method
     nrows = -(-len(panels) // max(1, ncols))
     width = 1.0 + 0.45 * max(4, len(methods)) * max(1, ncols)
@@ -240,13 +256,14 @@ def error_decomposition(df: pd.DataFrame) -> Figure:
             if m not in mine.index:
                 continue
             perc, plan = 100 * mine.loc[m, "perception_rate"], 100 * mine.loc[m, "planning_rate"]
-            color = method_color(m)
+            color = method_color(m, externals)
             ax.bar(i, perc, 0.7, facecolor=color, edgecolor="black", lw=0.5)
             ax.bar(i, plan, 0.7, bottom=perc, facecolor=to_rgba(color, 0.35), edgecolor="black",
                    lw=0.5, hatch="//")  # fmt: skip
         title = "macro over puzzles" if panel == "macro" else panel
         ax.set(title=title, ylim=(0, 103), ylabel="share of test instances (%)")
-        ax.set_xticks(range(len(methods)), methods, rotation=35, ha="right", rotation_mode="anchor")
+        labels = [method_label(m, externals) for m in methods]
+        ax.set_xticks(range(len(methods)), labels, rotation=35, ha="right", rotation_mode="anchor")
     for ax in axes[len(panels) :] if panels else []:
         ax.set_visible(False)
     handles = [

@@ -3,7 +3,10 @@ formats, the table renderers (csv, markdown, LaTeX) and atomic file writes. Impo
 matplotlib nor torch, so tables stay light.
 
 Colours are the Okabe-Ito colour-blind-safe palette (plus its usual grey), one per method, the
-same in every figure; the method (mgsd) gets the strongest colour, vermillion.
+same in every figure; the method (mgsd) gets the strongest colour, vermillion. External models
+(config `external_models`, evaluated as given) are marked wherever a method is named:
+"<name> (external)", dark earth colours in their order of appearance, dotted lines with hollow
+diamonds, cross-hatched bars.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,10 +60,24 @@ CONDITION_LABELS = {
     "text": "text state",
 }
 NA = "–"  # shown for a value that does not exist (no records)
+EXTERNAL = " (external)"  # after the name of an external model, in every table and figure
+EXTERNAL_NOTE = (
+    "rows marked (external) are models evaluated as given (config external_models), "
+    "not trained by this pipeline"
+)
+EXTERNAL_COLORS = ("#6B4226", "#2F4F4F", "#8E7618", "#5B3A7A", "#3D5C1E", "#7A2E2E")
 
 
-def method_color(method: str) -> str:
-    """The method's colour; methods outside the fixed list get a dark grey."""
+def method_label(method: str, externals: Iterable[str] = ()) -> str:
+    """The name a table or figure shows: external models marked as such."""
+    return method + EXTERNAL if method in set(externals) else method
+
+
+def method_color(method: str, externals: Sequence[str] = ()) -> str:
+    """The method's colour; an external model's by its place in `externals`; other methods
+    outside the fixed list get a dark grey."""
+    if method in externals:
+        return EXTERNAL_COLORS[list(externals).index(method) % len(EXTERNAL_COLORS)]
     return METHOD_COLORS.get(method, "#555555")
 
 

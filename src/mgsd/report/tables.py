@@ -7,7 +7,10 @@ Writes <out>/<name>.csv, .md and .tex for every name in `TABLES` (`table_files()
 plus tables_config.json (the section used):
 
 - main: methods x puzzles, SR / EM / PR and their macro average over puzzles, image input; the
-  `symbolic` row is `base` given the text state (the symbolic upper bound).
+  `symbolic` row is `base` given the text state (the symbolic upper bound). Beside SR, `SR (paper
+  parser)`: the success of the same replies under the MGSD paper's lenient answer reading (or,
+  when the evaluation already used that reading, `SR (strict parser)`), so that numbers compare
+  with published ones and the inflation shows.
 - per_level: the same per puzzle and side N.
 - ablations: mgsd, its ablations, opd_only, grounding and the supervised comparisons
   (grounding_sft, sft_direct), with paired deltas to mgsd.
@@ -27,6 +30,10 @@ plus tables_config.json (the section used):
   never sample and the samples' parse rate, first and last steps, against the criteria in
   `HEALTH`; and each supervised stage's final validation scores.
 
+External models (config `external_models`) are rows like any method in every table whose
+rows are methods, marked "<name> (external)" (and `external` in the csv); the ablations table
+lists them last, with their paired differences to mgsd.
+
 CSV files are tidy: one row per (method, puzzle[, side]), rates in percent, each CI bound in its
 own column (`sr`, `sr_lo`, `sr_hi`, ...). The md and tex files show each value as
 "mean [low, high]", the percentile-bootstrap interval at the configured confidence. Deltas and
@@ -38,6 +45,7 @@ missing. Rows follow the fixed method order of `mgsd.config.METHODS`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +56,16 @@ from mgsd.config import TablesConfig, load_section, section_json
 from mgsd.eval import metrics
 from mgsd.eval.metrics import METRICS
 from mgsd.report.logs import load_train_logs
-from mgsd.report.style import NA, Table, atomic_write_text, pct, pct_ci, write_table
+from mgsd.report.style import (
+    EXTERNAL_NOTE,
+    NA,
+    Table,
+    atomic_write_text,
+    method_label,
+    pct,
+    pct_ci,
+    write_table,
+)
 
 TABLES = (
     "main", "per_level", "ablations", "modality_gap", "perception", "errors", "premise", "seeds",
@@ -65,7 +82,15 @@ GAPS = {
 }
 CONDITIONS = ("image", "image_oracle_state", "text")  # modality_gap column order
 MACRO = "macro"
-SHORT = {"success": "sr", "exact_match": "em", "progress_rate": "pr", "parsed": "parse"}
+SHORT = {
+    "success": "sr", "exact_match": "em", "progress_rate": "pr", "parsed": "parse",
+    "success_strict": "sr_strict", "success_paper": "sr_paper",
+}  # fmt: skip
+PARSER_WORDS = {
+    "strict": "the strict parser (the last closed <answer> block, every token an action)",
+    "paper": "the paper's lenient parser (the first <answer> block, or every action word of the "
+    "reply when no block is closed; other words skipped)",
+}
 LABEL = {"success": "SR", "exact_match": "EM", "progress_rate": "PR"}
 NO_IMAGE = "no image records: no method was evaluated under the image condition"
 # the paper's premise (a pretrained instruct VLM): plans well from text, poorly from pictures,
@@ -162,16 +187,32 @@ def _short_macros(stats: pd.DataFrame, key: str) -> list[str]:
 # ---------------------------------------------------------------- the tables
 
 
+def _other_reading(recs: pd.DataFrame) -> tuple[str, list[str], list[str]]:
+    """(the answer reading shown beside SR, caption sentences, notes): the paper's, unless the
+    records' SR already is the paper's; then the strict one."""
+    used = metrics.parsers(recs)
+    other = "strict" if used == ["paper"] else "paper"
+    words = [f"SR ({other} parser): the same replies read with {PARSER_WORDS[other]}."]
+    if len(used) == 1:
+        words.insert(0, f"SR / EM / PR read each reply with {PARSER_WORDS[used[0]]}.")
+    notes = [f"the records mix answer parsers ({', '.join(used)})"] if len(used) > 1 else []
+    return other, words, notes
+
+
 def main_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
     recs = metrics.main_records(df)
     stats = _per_and_macro(recs, ["method"], cfg)
     puzzles = _unique(recs, "puzzle") + ([MACRO] if len(recs) else [])
     at = _lookup(stats, ["method", "puzzle"])
+    other, words, notes = _other_reading(recs)
+    shown = ("success", metrics.READINGS[other], "exact_match", "progress_rate")
+    labels = {**LABEL, metrics.READINGS[other]: f"SR ({other} parser)"}
     rows = [
-        [m] + [_cell(at.get((m, p)), c) for p in puzzles for c in METRICS]
+        [m] + [_cell(at.get((m, p)), c) for p in puzzles for c in shown]
         for m in _unique(stats, "method")
     ]
-    notes = [] if len(metrics.image_records(df)) else [NO_IMAGE]
+    if not len(metrics.image_records(df)):
+        notes.append(NO_IMAGE)
     if len(recs) and "symbolic" not in set(recs["method"]):
         notes.append("no symbolic row: base was not evaluated under the text condition")
     return Table(
@@ -179,10 +220,10 @@ def main_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
         _caption(
             cfg,
             "Success (SR), exact match (EM), progress rate (PR); image input, "
-            "symbolic = base given the text state.",
+            "symbolic = base given the text state. " + " ".join(words),
         ),
-        _tidy(stats, ["method", "puzzle"], (*METRICS, "parsed")),
-        [("", "method")] + [(p, LABEL[c]) for p in puzzles for c in METRICS],
+        _tidy(stats, ["method", "puzzle"], (*METRICS, "parsed", *metrics.READINGS.values())),
+        [("", "method")] + [(p, labels[c]) for p in puzzles for c in shown],
         rows,
         notes + _short_macros(stats, "method"),
     )
@@ -212,8 +253,10 @@ def per_level_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
 
 def ablations_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
     image = metrics.image_records(df)
-    recs = image[image["method"].isin(ABLATIONS)]
-    present = [m for m in ABLATIONS if m in set(recs["method"])]
+    externals = [m for m in _unique(image, "method") if m in metrics.external_methods(image)]
+    compared = [*ABLATIONS, *externals]  # external models last, compared with mgsd alike
+    recs = image[image["method"].isin(compared)]
+    present = [m for m in compared if m in set(recs["method"])]
     stats = _per_and_macro(recs, ["method"], cfg)
     notes = []
     if missing := [m for m in ABLATIONS if m not in present]:
@@ -234,7 +277,7 @@ def ablations_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
         delta = delta.rename(columns=lambda k: k if k in ("method", "puzzle") else f"d_{k}")
         stats = stats.merge(delta, on=["method", "puzzle"], how="left")
     # mgsd first: it is the reference of the deltas
-    stats = stats.sort_values("method", key=lambda s: s.map(ABLATIONS.index), kind="stable")
+    stats = stats.sort_values("method", key=lambda s: s.map(compared.index), kind="stable")
     puzzles = _unique(recs, "puzzle")
     at = _lookup(stats, ["method", "puzzle"])
     rows = [
@@ -249,7 +292,7 @@ def ablations_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
         _caption(
             cfg,
             "SR per puzzle, macro SR / EM / PR and the paired difference to mgsd "
-            "(on the same test instances); image input.",
+            "(on the same test instances); image input; external models last.",
         ),
         _tidy(stats, ["method", "puzzle"], (*METRICS, "parsed", *(f"d_{c}" for c in METRICS))),
         [("", "method")]
@@ -628,7 +671,23 @@ def build_tables(
     premise = df.iloc[:0] if premise is None else premise
     first = df[df["replicate"] == 0] if len(df) else df
     inputs = {"premise": premise, "seeds": df, "training": logs or {}}
-    return {name: BUILDERS[name](inputs.get(name, first), cfg) for name in TABLES}
+    built = {name: BUILDERS[name](inputs.get(name, first), cfg) for name in TABLES}
+    externals = metrics.external_methods(df)
+    return {name: mark_external(t, externals) for name, t in built.items()}
+
+
+def mark_external(t: Table, externals: set[str]) -> Table:
+    """Every row of an external model marked: "(external)" after its name where rows name a
+    method, an `external` column (the csv's last), and a note saying what the mark means."""
+    if ("", "method") not in t.columns or "method" not in t.data:
+        return t
+    at = t.columns.index(("", "method"))
+    rows = [[*r[:at], method_label(r[at], externals), *r[at + 1 :]] for r in t.rows]
+    data = t.data.copy()
+    data["external"] = data["method"].isin(externals)
+    shown = set(t.data["method"]) & externals
+    notes = t.notes + ([EXTERNAL_NOTE] if shown else [])
+    return dataclasses.replace(t, data=data, rows=rows, notes=notes)
 
 
 def main(argv: list[str] | None = None) -> int:
