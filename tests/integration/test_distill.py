@@ -335,7 +335,7 @@ def test_teacher_sees_the_plan_only_with_the_option(tiny, insts):
         hook.remove()
     (with_plan, student_a), (without_plan, student_b) = seen[0:2], seen[2:4]
     for x, a, b, s in zip(picked, with_plan, without_plan, student_a, strict=True):
-        plan_line = f"reference plan: {x.solution}"
+        plan_line = f"reference plan:\n<answer>{x.solution}</answer>"
         assert plan_line in a and "reference plan" not in b and "reference plan" not in s
         state_text = puzzles.get(x.puzzle).describe(x.state)
         assert state_text in a and state_text in b and state_text not in s
