@@ -93,7 +93,7 @@ for _method, _init in SFT_INITS.items():
     _name = f"{_method}/{{cand}}" if swept(CFG, _method) else _method
 
     rule:
-        f"""Supervised stage {_method}, trained from the {_init} model{" (a sweep candidate)" if swept(CFG, _method) else ""}."""
+        """A supervised stage (grounding, sft_direct, grounding_sft) or one of its sweep candidates."""
         name:
             f"{_method}_candidate" if swept(CFG, _method) else _method
         input:
@@ -133,7 +133,7 @@ for _method, _init in SFT_INITS.items():
     if swept(CFG, _method):
 
         rule:
-            f"""The {_method} candidate with the best validation success, and the settings chosen."""
+            """The candidate of a swept stage with the best validation success, and its settings."""
             name:
                 f"{_method}_select"
             input:
