@@ -288,6 +288,19 @@ def test_list_rules_explains_every_rule(tmp_path):
         assert len(doc) > 30 and doc.endswith(".)"), line
 
 
+def test_rule_docstrings_are_plain_strings():
+    """Python 3.12 tokenizes f-strings into parts (PEP 701), and Snakemake's parser then reads an
+    f-string docstring as a syntax error: the workflow would load on 3.11 and fail on 3.12."""
+    files = [REPO / "Snakefile", *sorted((REPO / "workflow").rglob("*.smk"))]
+    rule = re.compile(r"^\s*(?:rule|checkpoint)\b[^\n]*:\n\s*([A-Za-z]{0,2})(\"|')", re.M)
+    checked = 0
+    for path in files:
+        for m in rule.finditer(path.read_text()):
+            checked += 1
+            assert "f" not in m.group(1).lower(), f"{path.name}: f-string docstring {m.group(0)!r}"
+    assert checked >= 10, checked  # the pattern does find the rules
+
+
 # ---------------------------------------------------------------- external models
 
 HUB_ID = "Qwen/Qwen3-VL-4B-Instruct"
