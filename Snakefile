@@ -7,7 +7,14 @@ import os
 
 from snakemake.exceptions import WorkflowError
 
-from mgsd.config import CONDITIONS, ConfigError, check_inputs, load_file, section_json
+from mgsd.config import (
+    CONDITIONS,
+    ConfigError,
+    check_inputs,
+    load_file,
+    missing_packages,
+    section_json,
+)
 from mgsd.workflow import (
     DISTILL_SETUPS,
     PREMISE_CONDITIONS,
@@ -64,6 +71,13 @@ try:
 except ConfigError as e:
     raise WorkflowError(f"invalid configuration: {e}") from None
 ROOT = str(CFG.root)
+
+
+onstart:
+    # a run (not a dry run) stops before any job when a model's processor cannot load here
+    _missing = missing_packages(CFG)
+    if _missing:
+        raise WorkflowError("missing packages: " + "; ".join(_missing))
 
 
 include: "workflow/rules/data.smk"

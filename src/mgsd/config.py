@@ -13,6 +13,7 @@ Every field carries its help text in ``metadata["help"]``; ranges are checked in
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import re
@@ -741,6 +742,34 @@ def is_local_model(path: str, base: Path | str = ".") -> bool:
 def default_prompt_style(path: str, base: Path | str = ".") -> str:
     """compact for a folder made by mgsd (it holds mgsd_stage.json), else instruct."""
     return "compact" if (Path(base) / path / STAGE_FILE).is_file() else "instruct"
+
+
+# What loading a model from the hub (or a folder not written by mgsd) needs beyond the core
+# install: Qwen3-VL's processor builds a video processor, which imports torchvision.
+PRETRAINED_PACKAGES = ("torchvision",)
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def missing_packages(c: Config, base: Path | str = ".") -> list[str]:
+    """One line per model of the run whose processor needs a package that is not installed
+    (empty when nothing is missing): the pretrained backbone and the external models, unless
+    they are folders written by mgsd (whose processor needs nothing more)."""
+    models = []
+    if c.backbone.source == "pretrained":
+        models.append(("backbone.pretrained", c.backbone.pretrained))
+    models += [(f"external_models.{n}.path", e.path) for n, e in c.external_models.items()]
+    missing = [p for p in PRETRAINED_PACKAGES if not _installed(p)]
+    if not missing:
+        return []
+    return [
+        f"{key}: {path} loads a pretrained processor, which needs {', '.join(missing)}; install "
+        f"it with pip install -e '.[pretrained]' (or the build that matches your torch)"
+        for key, path in models
+        if default_prompt_style(path, base) != "compact"
+    ]
 
 
 def check_external_model(path: str, style: str, base: Path | str = ".", key: str = "") -> None:

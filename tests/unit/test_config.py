@@ -293,3 +293,31 @@ def test_an_external_model_must_exist_and_fit_its_prompt_style(tmp_path, path, s
     cfg = C.load(_raw(external_models={"x": {"path": path, "prompt_style": style}}))
     with pytest.raises(C.ConfigError, match=message):
         C.check_inputs(cfg, tmp_path)
+
+
+def test_models_with_a_pretrained_processor_need_torchvision(tmp_path, monkeypatch):
+    """A hub backbone or external model needs torchvision (Qwen3-VL's processor imports it);
+    mgsd's own folders do not. Nothing is reported when the package is there."""
+    ours = _model_folder(tmp_path / "ours", made_by_mgsd=True)
+    theirs = _model_folder(tmp_path / "theirs")
+    external = {
+        "qwen": {"path": HUB_ID},
+        "ours": {"path": str(ours)},
+        "theirs": {"path": str(theirs)},
+    }
+    cfg = C.load(
+        _raw(backbone={"source": "pretrained", "pretrained": HUB_ID}, external_models=external)
+    )
+    monkeypatch.setattr(C, "_installed", lambda package: package != "torchvision")
+    lines = C.missing_packages(cfg, tmp_path)
+    assert [line.split(":")[0] for line in lines] == [
+        "backbone.pretrained",
+        "external_models.qwen.path",
+        "external_models.theirs.path",
+    ]
+    assert all("needs torchvision" in line and ".[pretrained]" in line for line in lines)
+    monkeypatch.setattr(C, "_installed", lambda package: True)
+    assert C.missing_packages(cfg, tmp_path) == []
+    scratch = C.load(_raw(external_models={"ours": {"path": str(ours)}}))
+    monkeypatch.setattr(C, "_installed", lambda package: False)
+    assert C.missing_packages(scratch, tmp_path) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -375,3 +376,18 @@ def test_a_bad_external_model_stops_the_run_before_any_job(tmp_path, external, m
     assert proc.returncode != 0 and "invalid configuration" in out
     assert message.replace("{tmp}", str(tmp_path)) in out, out[-2000:]
     assert not (tmp_path / "results").exists() and "Job stats" not in out
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is not None, reason="torchvision is installed here"
+)
+def test_a_run_needing_torchvision_stops_before_any_job_without_it(tmp_path):
+    """A hub model's processor needs torchvision: a run (not a dry run, which only plans) stops
+    before its first job, naming the model's key, instead of failing inside a queued GPU job."""
+    over = overlay(tmp_path, "hub.yaml", {"external_models": {"qwen": {"path": HUB_ID}}})
+    assert snakemake(tmp_path, "-n", "--configfile", str(SMOKE), str(over)).returncode == 0
+    proc = snakemake(tmp_path, "all", "--configfile", str(SMOKE), str(over), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-2000:]
+    assert f"external_models.qwen.path: {HUB_ID} loads a pretrained processor" in out
+    assert "needs torchvision" in out and not (tmp_path / "results").exists()
