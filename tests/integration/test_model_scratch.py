@@ -209,3 +209,42 @@ def test_embedding_rows_follow_the_tokenizer(tiny_model_dir, tiny_scratch_config
     assert scratch.hf_config(wide, processor.tokenizer).text_config.vocab_size == n + 100
     with pytest.raises(ConfigError, match="embedding_rows: .* smaller than the tokenizer"):
         scratch.hf_config(dataclasses.replace(wide, embedding_rows=n - 1), processor.tokenizer)
+
+
+# Qwen3-VL-4B-Instruct's public config.json: the sizes the rehearsal preset must reproduce
+QWEN3_VL_4B = {
+    "text_config": {"hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36,
+                    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                    "vocab_size": 151936, "rope_theta": 5000000.0, "mrope_section": [24, 20, 20]},
+    "vision_config": {"depth": 24, "hidden_size": 1024, "intermediate_size": 4096,
+                      "num_heads": 16, "patch_size": 16, "spatial_merge_size": 2,
+                      "temporal_patch_size": 2, "out_hidden_size": 2560,
+                      "num_position_embeddings": 2304, "deepstack_visual_indexes": [5, 11, 17]},
+    "tie_word_embeddings": True,
+}  # fmt: skip
+
+
+def test_the_rehearsal_backbone_has_the_4b_shape():
+    """presets/rehearsal_4b.yaml builds a scratch model of exactly Qwen3-VL-4B's sizes (every
+    embedding row kept) and parameter count, counted on the meta device."""
+    from pathlib import Path
+
+    from mgsd.config import load_file
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_file(
+        repo / "pipeline_config.yaml", repo / "presets/qwen3vl_4b.yaml",
+        repo / "presets/rehearsal_4b.yaml",
+    ).backbone.scratch  # fmt: skip
+    config = scratch.hf_config(cfg, scratch.build_tokenizer(cfg.vocab_size))
+    t, v = config.text_config, config.vision_config
+    for key, want in QWEN3_VL_4B["text_config"].items():
+        got = t.rope_parameters[key] if key in ("rope_theta", "mrope_section") else getattr(t, key)
+        assert got == want, key
+    for key, want in QWEN3_VL_4B["vision_config"].items():
+        assert getattr(v, key) == want, key
+    assert config.tie_word_embeddings is QWEN3_VL_4B["tie_word_embeddings"]
+    with torch.device("meta"):
+        model = Qwen3VLForConditionalGeneration(config)
+    params = sum(p.numel() for p in model.parameters())
+    assert round(params / 1e6, 1) == 4437.8, params  # what the public config builds
