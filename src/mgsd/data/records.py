@@ -7,7 +7,6 @@ interrupted job never leaves a half-written file behind under the declared name.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Iterable
@@ -105,12 +104,8 @@ def read_table(path: str | Path, schema: pa.Schema, columns: list[str] | None = 
 
 
 def read_data(path: str | Path, columns: list[str] | None = None) -> list[dict]:
-    """The rows of a data file as dicts (`state` stays a JSON string; see `state_dict`)."""
+    """The rows of a data file as dicts (`state` stays a JSON string)."""
     return read_table(path, DATA_SCHEMA, columns).to_pylist()
-
-
-def state_dict(row: dict) -> dict:
-    return json.loads(row["state"])
 
 
 def write_data(rows: Iterable[dict], path: str | Path) -> Path:

@@ -1,24 +1,11 @@
 """What every training loop shares: setup, optimizer and schedule, data order, checkpoints, logs.
 
-Small functions, no trainer class. A loop (see `tests/integration/test_resume_ddp.py` for a
-complete toy one) reads:
-
-    acc = setup(cfg.seed)
-    opt = make_optimizer(trainable, cfg.lr, cfg.weight_decay)
-    sched = make_schedule(opt, cfg.steps, cfg.warmup_ratio, cfg.schedule)
-    model, opt = acc.prepare(model, opt)          # not the scheduler: it steps once per step here
-    ckpt = latest_checkpoint(work_dir)
-    start = load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
-    log, stop = JsonlLogger(log_path, start, cfg=cfg, name=stage), StopSignal()
-    for step in range(start, cfg.steps):
-        batch = batch_indices(n, cfg.batch_size, cfg.seed, step)
-        ids = shard(batch, acc.process_index, acc.num_processes)
-        ...forward, backward, opt.step(), sched.step(), log.log(step + 1, {...})
-        stopping = stop.requested(acc)             # a collective: once per step, every rank
-        if (step + 1) % cfg.checkpoint_every == 0 or stopping:
-            save_checkpoint(work_dir, step + 1, model, opt, sched, acc, extra={})
-        if stopping:
-            exit_for_resume(step + 1)
+Small functions, no trainer class. `mgsd.train.sft.train` is the reference loop: `setup`,
+`make_optimizer`, `make_schedule`, `acc.prepare`, `lock_work_dir`, `resume_checkpoint` /
+`load_checkpoint`, then per step the batch of `batch_indices` (a function of seed and step)
+split by `shard`, one `Updater.step`, a `JsonlLogger` line and `checkpoint_if_due` (which
+saves on a `StopSignal` and exits for resume). `tests/integration/test_resume_ddp.py` runs a
+complete toy loop.
 
 Steps count completed optimizer steps: `step-000120/` holds the state after 120 steps.
 Runs unchanged under `accelerate launch --num_processes N` (DDP; gloo on CPU, where the launch
