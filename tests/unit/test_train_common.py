@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mgsd.config import ConfigError, DistillConfig, TrainConfig
+from mgsd.io import write_atomic_json
 from mgsd.train import common
 from mgsd.train.common import (
     EXIT_RESUMABLE,
@@ -29,7 +30,6 @@ from mgsd.train.common import (
     save_checkpoint,
     setup,
     shard,
-    write_atomic_json,
 )
 
 

@@ -50,12 +50,12 @@ from mgsd.config import (
 from mgsd.data import records
 from mgsd.data.splits import public_test_rows
 from mgsd.eval import summary
+from mgsd.io import write_atomic_json
 from mgsd.model import prompts
 from mgsd.model.generate import generate
 from mgsd.model.load import load_model
 from mgsd.model.tasks import CONDITION_TASK, Instance, load_instances, make_example, to_instances
 from mgsd.puzzles.base import PARSERS
-from mgsd.train.common import write_atomic_json
 
 
 def select(instances: list[Instance], limit_per_level: int) -> list[Instance]:

@@ -44,12 +44,11 @@ from matplotlib.patches import Patch
 
 from mgsd.config import PlotsConfig, TablesConfig, load_section, section_json
 from mgsd.eval import metrics
+from mgsd.io import atomic_write, atomic_write_text
 from mgsd.report.logs import load_train_logs
 from mgsd.report.style import (
     CONDITION_LABELS,
     CONDITION_STYLES,
-    atomic_write,
-    atomic_write_text,
     method_color,
     method_label,
     method_marker,

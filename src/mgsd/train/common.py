@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from mgsd import config
 from mgsd.data.records import RecordError
+from mgsd.io import atomic_copy, atomic_write_text, write_atomic_json
 from mgsd.model.load import ModelLoadError
 from mgsd.model.lora import unwrap
 
@@ -279,11 +280,7 @@ def publish_log(live: str | Path, final: str | Path | None) -> None:
     """Copy the live training log to the declared output `final` (atomically), if given."""
     if final is None:
         return
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    shutil.copyfile(live, tmp)
-    os.replace(tmp, final)
+    atomic_copy(live, final)
 
 
 # what a stage CLI reports in one line (exit 1) instead of a traceback
@@ -517,15 +514,6 @@ def exit_for_resume(step: int) -> typing.NoReturn:
     sys.exit(EXIT_RESUMABLE)
 
 
-def write_atomic_json(path: str | Path, obj: Any) -> None:
-    """Write JSON to a temporary file next to `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 class JsonlLogger:
     """Appends `{"step": s, "time": t, **metrics}` lines (flat keys like `train/loss`; `time` in
     seconds since the epoch); rank 0 only. Given the stage's config `cfg`, lines also carry
@@ -552,10 +540,7 @@ class JsonlLogger:
                 with contextlib.suppress(ValueError):  # a line cut by a kill is dropped
                     if json.loads(line).get("step", math.inf) <= resume_step:
                         kept.append(line + "\n")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(kept))
         self._file = self.path.open("a")
         if getattr(cfg, "log_with", ()):
             folder = self.path.parent / "tracking"

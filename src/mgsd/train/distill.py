@@ -36,6 +36,7 @@ import torch
 
 from mgsd import cli_args, puzzles
 from mgsd.config import ConfigError, DistillConfig, load_section, to_dict
+from mgsd.io import write_atomic_json
 from mgsd.model import support
 from mgsd.model.batching import ReplyLogits, collate_score, reply_logits
 from mgsd.model.generate import generate
@@ -335,5 +336,5 @@ def main(argv: list[str]) -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        common.write_atomic_json(args.metrics, metrics)
+        write_atomic_json(args.metrics, metrics)
     return 0

@@ -33,7 +33,8 @@ import torch
 
 from mgsd import cli_args
 from mgsd.config import ConfigError, TrainConfig, load_section, to_dict
-from mgsd.model.batching import collate_train
+from mgsd.io import write_atomic_json
+from mgsd.model.batching import collate_train, to_device
 from mgsd.model.generate import generate
 from mgsd.model.load import load_model, save_model
 from mgsd.model.lora import apply_lora, freeze_vision, merge_lora
@@ -46,11 +47,6 @@ from mgsd.model.tasks import (
     validation_set,
 )
 from mgsd.train import common, losses
-
-
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
 
 TEXT_TASKS = ("symbolic", "teacher")  # tasks whose prompts hold no picture
 
@@ -246,5 +242,5 @@ def main(argv: list[str]) -> int:
         from accelerate import PartialState
 
         if PartialState().is_main_process:
-            common.write_atomic_json(args.metrics, metrics)
+            write_atomic_json(args.metrics, metrics)
     return 0
