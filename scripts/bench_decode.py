@@ -24,7 +24,7 @@ import argparse
 import time
 
 import torch
-from bench_distill_step import build, instances, sync
+from _bench_common import build, instances, profile, sync
 from transformers import Qwen3VLForConditionalGeneration
 
 from mgsd.model.generate import generate
@@ -91,8 +91,6 @@ def main() -> None:
                   f"{split} | {whole:,.0f} | {whole / roof:.1%} | {in_decode:,.0f} | "
                   f"{in_decode / roof:.1%} | {tokens / dt:,.0f} | {batch / dt:.1f} |", flush=True)  # fmt: skip
     if args.profile:
-        from bench_train_step import profile
-
         examples = [make_example("student", x, "compact", False) for x in insts[: args.batch[0]]]
         profile(lambda: generate(model, processor, examples, args.reply, temperature=1.0, seed=0,
                                  stop_at_answer=False, engine=args.engine[0],
