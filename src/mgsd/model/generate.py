@@ -24,7 +24,6 @@ text exclude the prompt and the forced reply prefix; text is decoded without spe
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,8 +41,8 @@ from transformers import (
 from mgsd.model import decode, support
 from mgsd.model.batching import Example, collate_generate, end_id, pad_id, to_device
 from mgsd.model.lora import unwrap
+from mgsd.puzzles.base import CLOSE_ANSWER
 
-CLOSE_ANSWER = re.compile(r"<\s*/\s*answer\s*>", re.IGNORECASE)
 _TAIL_TOKENS = 16  # enough tokens to hold "</answer>" even split into single characters
 
 

@@ -21,14 +21,13 @@ tokenizer is trained on.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from mgsd import puzzles
 from mgsd.config import LEVEL_RANGE
+from mgsd.puzzles.base import OPEN_ANSWER
 
 STYLES = ("compact", "instruct")
-_OPEN_ANSWER = re.compile(r"<\s*answer\s*>", re.IGNORECASE)
 
 # ---------------------------------------------------------------- instruct wording
 
@@ -210,12 +209,18 @@ def perception_messages(puzzle_name: str, question: str, style: str) -> list[dic
 # ---------------------------------------------------------------- replies
 
 
-def reply_text(puzzle_name: str, state: Any, style: str = "compact") -> str:
-    """The target reply: state, (instruct: one line of reasoning), then the optimal answer."""
+def reply_text(
+    puzzle_name: str, state: Any, style: str = "compact", plan: list[str] | None = None
+) -> str:
+    """The target reply: state, (instruct: one line of reasoning), then the optimal answer.
+
+    `plan` is the instance's stored plan (`mgsd.model.tasks.Instance.plan`, the data file's
+    `solution`, itself `solve(state)` when the row was made); without one the state is solved.
+    """
     _check_style(style)
     module = _module(puzzle_name)
     state = _state(puzzle_name, state)
-    plan = module.solve(state)
+    plan = module.solve(state) if plan is None else plan
     lines = [module.describe(state)]
     if style == "instruct":
         lines.append(f"A shortest plan has {len(plan)} actions.")
@@ -241,7 +246,7 @@ def stated_state_text(reply: Any) -> str:
     """The part of a reply before its last ``<answer>`` tag (all of it when there is none)."""
     if not isinstance(reply, str):
         return ""
-    starts = [m.start() for m in _OPEN_ANSWER.finditer(reply)]
+    starts = [m.start() for m in OPEN_ANSWER.finditer(reply)]
     return reply[: starts[-1]] if starts else reply
 
 

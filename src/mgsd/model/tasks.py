@@ -137,7 +137,7 @@ def make_example(
         question, answer = qa[variant % len(qa)]
         msgs = prompts.perception_messages(p, question, style)
         return Example(msgs, answer if with_reply else None, inst.image)
-    full = prompts.reply_text(p, s, style)
+    full = prompts.reply_text(p, s, style, plan=inst.plan)
     if task == "student":
         return Example(prompts.student_messages(p, style), full if with_reply else None, inst.image)
     if task == "symbolic":
