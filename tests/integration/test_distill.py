@@ -40,7 +40,7 @@ from mgsd.model.batching import (
 from mgsd.model.generate import Generation
 from mgsd.model.load import load_model, read_stage_info, save_model
 from mgsd.model.tasks import Instance, load_instances, make_example
-from mgsd.train import common, distill, losses
+from mgsd.train import common, distill, losses, resume
 
 LOGPROB_TOL = 1e-4  # fp32 on CPU: one right-padded batch vs one unpadded forward per example
 TEACHER_REPLY = "size 3\nstart 0 0\ngoal 2 2\n<answer>R R D D</answer>"
@@ -443,7 +443,7 @@ def test_resume_after_sigkill_ends_with_the_weights_of_a_straight_run(teacher_di
     argv = {r: distill_argv(r, teacher_dir, teacher_dir, data, RESUME) for r in (straight, killed)}
     runs = {r: start_distill(r, argv[r]) for r in (straight, killed)}  # side by side
     victim, deadline = runs[killed], time.monotonic() + 300
-    while not common.checkpoints(killed / "work"):
+    while not resume.checkpoints(killed / "work"):
         assert victim.poll() is None, (killed / "stderr.txt").read_text()
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.02)

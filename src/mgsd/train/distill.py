@@ -41,9 +41,9 @@ from mgsd.model import support
 from mgsd.model.batching import ReplyLogits, collate_score, reply_logits
 from mgsd.model.generate import generate
 from mgsd.model.load import load_model, save_model
-from mgsd.model.lora import freeze_vision
+from mgsd.model.lora import compile_layers, freeze_vision
 from mgsd.model.tasks import load_instances, make_example, task_success, validation_set
-from mgsd.train import common, losses
+from mgsd.train import common, losses, resume
 
 LOSSES = cli_args.LOSSES
 
@@ -155,7 +155,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
     if not cfg.train_vision:
         freeze_vision(model)
     if cfg.compile:
-        common.compile_layers(model)
+        compile_layers(model)
     teacher, _ = load_model(args.teacher, device=acc.device, trainable=False)
     teacher.eval().requires_grad_(False)
     rows = support.output_rows(model)
@@ -171,16 +171,16 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
     sched = common.make_schedule(opt, cfg.steps, cfg.warmup_ratio, cfg.schedule)
     model, opt = acc.prepare(model, opt)
     # a checkpoint is resumed only by the run that wrote it (same config, same inputs)
-    fingerprint = common.run_fingerprint(
+    fingerprint = resume.run_fingerprint(
         args.method, args.config, args.style, args.loss, str(args.teacher_sees_plan),
         files=[args.init, args.teacher, *args.train, *args.val],
     )  # fmt: skip
-    lock = common.lock_work_dir(args.work, acc)  # noqa: F841 (held until the process ends)
-    ckpt = common.resume_checkpoint(args.work, fingerprint, acc)
-    start = common.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
+    lock = resume.lock_work_dir(args.work, acc)  # noqa: F841 (held until the process ends)
+    ckpt = resume.resume_checkpoint(args.work, fingerprint, acc)
+    start = resume.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
     if ckpt:
         print(f"resuming {args.method} from {ckpt} (step {start} of {cfg.steps})", file=sys.stderr)
-    log, stop = common.JsonlLogger(args.log, start, cfg=cfg, name=args.method), common.StopSignal()
+    log, stop = common.JsonlLogger(args.log, start, cfg=cfg, name=args.method), resume.StopSignal()
     meter, bar = common.Meter(acc.device), common.progress(cfg.steps, start, args.method)
     raw = acc.unwrap_model(model)
     if cfg.batch_size % acc.num_processes:
@@ -262,7 +262,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
             log.log(done, {**last, **meter.stats()})
         bar.update()
         bar.set_postfix(kl=f"{last['distill/reverse_kl']:.3f}", refresh=False)
-        common.checkpoint_if_due(
+        resume.checkpoint_if_due(
             stop, acc, done, cfg.steps, cfg.checkpoint_every, args.work, model, opt, sched,
             fingerprint,
         )  # fmt: skip
@@ -287,7 +287,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
             },
         )
         if not cfg.keep_checkpoints:  # the model is written: they can only fill the disk
-            common.remove_checkpoints(args.work)
+            resume.remove_checkpoints(args.work)
     acc.wait_for_everyone()
     log.close()
     if acc.is_main_process:
