@@ -40,6 +40,7 @@ from _bench_common import build, instances, sync  # scripts/ is on sys.path when
 from transformers import Qwen3VLForConditionalGeneration
 
 from mgsd.config import DistillConfig
+from mgsd.model import support
 from mgsd.model.batching import collate_generate
 from mgsd.model.generate import Generation, generate
 from mgsd.model.scratch import SPECIAL_TOKENS
@@ -112,9 +113,11 @@ def one_step(step, student, teacher, probe, opt, processor, insts, args, cfg, ac
     real = sum(len(x.token_ids) for x in gens)
     gens = pad_replies(gens, args.reply, processor, g)
     t1 = time.perf_counter()
+    allowed_V = support.support_mask(processor.tokenizer, support.output_rows(raw), device)
     loss, st = distill.distill_step(
-        student, teacher, processor, insts, examples, gens, args, cfg, acc
-    )
+        student, teacher, processor, insts, examples, gens, cfg, acc, allowed_V,
+        loss_kind="sampled_reverse_kl", teacher_sees_plan=True, style="compact",
+    )  # fmt: skip
     acc.backward(loss)
     acc.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], cfg.grad_clip)
     opt.step()
@@ -171,7 +174,6 @@ def main() -> None:
         args.reply or reply,
         args.image or image,
     )
-    args.teacher_sees_plan, args.style, args.loss = True, "compact", "sampled_reverse_kl"
     acc = common.setup(0)
     device = torch.device("meta") if args.dry_run else acc.device
     processor, config = build(args.shape, args.image)

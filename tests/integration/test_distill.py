@@ -248,8 +248,8 @@ def run_step(student, teacher, processor, insts, replies, *, plan: bool, loss: s
     cfg = DistillConfig(steps=1, batch_size=len(insts), max_new_tokens=8, lr=1e-3, **options)
     acc = common.setup(0)
     return distill.distill_step(
-        student, teacher, processor, insts, examples, gens, args, cfg, acc,
-        allowed(student, processor),
+        student, teacher, processor, insts, examples, gens, cfg, acc, allowed(student, processor),
+        loss_kind=args.loss, teacher_sees_plan=args.teacher_sees_plan, style=args.style,
     )  # fmt: skip
 
 
@@ -496,13 +496,15 @@ def test_sampler_log_probs_are_the_trainers(tiny, teacher, insts):
     args, acc = distill.parse_args(argv), common.setup(0)
     ids = allowed(student, processor)
     _, st = distill.distill_step(
-        student, teacher[0], processor, flat, examples, gens, args, cfg, acc, ids
-    )
+        student, teacher[0], processor, flat, examples, gens, cfg, acc, ids,
+        loss_kind=args.loss, teacher_sees_plan=args.teacher_sees_plan, style=args.style,
+    )  # fmt: skip
     assert st["sampler_gap"] < 1e-4
     off = [Generation(g.token_ids, g.text, [x - 0.5 for x in g.logprobs], g.finished) for g in gens]
     _, st = distill.distill_step(
-        student, teacher[0], processor, flat, examples, off, args, cfg, acc, ids
-    )
+        student, teacher[0], processor, flat, examples, off, cfg, acc, ids,
+        loss_kind=args.loss, teacher_sees_plan=args.teacher_sees_plan, style=args.style,
+    )  # fmt: skip
     assert st["sampler_gap"] == pytest.approx(0.5, abs=1e-3)
 
 

@@ -77,11 +77,18 @@ def sample(student, processor, insts, cfg: DistillConfig, style, seed, device, a
     return flat, examples, gens
 
 
-def distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc, allowed_V):
-    """Teacher scoring and the student's loss for this process's samples (not yet scaled)."""
+def distill_step(
+    model, teacher, processor, flat, examples, gens, cfg, acc, allowed_V, *,
+    loss_kind: str, teacher_sees_plan: bool, style: str,
+):  # fmt: skip
+    """Teacher scoring and the student's loss for this process's samples (not yet scaled).
+
+    `loss_kind`: one of `LOSSES`; `teacher_sees_plan`: the teacher's prompt holds the reference plan;
+    `style`: the prompt style of the teacher's examples.
+    """
     replies = [list(g.token_ids) or [processor.tokenizer.eos_token_id] for g in gens]
-    task = "teacher" if args.teacher_sees_plan else "symbolic"
-    t_examples = [make_example(task, x, args.style, with_reply=False) for x in flat]
+    task = "teacher" if teacher_sees_plan else "symbolic"
+    t_examples = [make_example(task, x, style, with_reply=False) for x in flat]
     t0 = time.perf_counter()
     with torch.no_grad(), acc.autocast():
         t = score(teacher, processor, t_examples, replies, allowed_V)
@@ -99,7 +106,7 @@ def distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc
         ],
         device=acc.device,
     )
-    if args.loss == "full_reverse_kl":
+    if loss_kind == "full_reverse_kl":
         loss, st = losses.full_reverse_kl_loss(s.logits, t.logits, mask_BT)
         st = {
             **st,
@@ -216,8 +223,9 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
                 teacher.to(acc.device)
             t1 = time.perf_counter()
             loss, st = distill_step(
-                model, teacher, processor, flat, examples, gens, args, cfg, acc, allowed_V
-            )
+                model, teacher, processor, flat, examples, gens, cfg, acc, allowed_V,
+                loss_kind=args.loss, teacher_sees_plan=args.teacher_sees_plan, style=args.style,
+            )  # fmt: skip
             own = torch.tensor(st["tokens"], device=acc.device)
             global_tokens = acc.reduce(own, reduction="sum").item()
             acc.backward(loss * st["tokens"] / max(global_tokens, 1) * acc.num_processes)
