@@ -302,6 +302,34 @@ def read_plan(text: Any, actions: Sequence[str], parser: str = "strict") -> list
     raise ValueError(f"parser: {parser!r} is not one of {', '.join(PARSERS)}")
 
 
+# ---------------------------------------------------------------- the stated state
+
+
+def stated_state_text(reply: Any) -> str:
+    """The part of a reply before its last ``<answer>`` tag (all of it when there is none)."""
+    if not isinstance(reply, str):
+        return ""
+    starts = [m.start() for m in OPEN_ANSWER.finditer(reply)]
+    return reply[: starts[-1]] if starts else reply
+
+
+def parse_stated_state(puzzle: Any, reply: Any) -> dict:
+    """The state fields a reply states before its last answer, read by the puzzle module
+    `puzzle` (its `parse_description`); ``{}`` when none. Never raises."""
+    try:
+        fields = puzzle.parse_description(stated_state_text(reply))
+    except ValueError:  # e.g. a number no int() takes; anything else is a bug and surfaces
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
+def stated_fields(puzzle: Any, state: Any, reply: Any) -> dict[str, bool]:
+    """For each field of the true `state` (`puzzle.field_values`), whether the reply states it
+    right before its last answer (`parse_stated_state`)."""
+    stated = parse_stated_state(puzzle, reply)
+    return {k: stated.get(k) == v for k, v in puzzle.field_values(state).items()}
+
+
 # ---------------------------------------------------------------- descriptions
 
 _NUM = r"\d{1,4}"  # bounded: int() refuses very long digit strings, and no grid is that big
