@@ -47,14 +47,7 @@ TEACHER_REPLY = "size 3\nstart 0 0\ngoal 2 2\n<answer>R R D D</answer>"
 STUDENT_REPLY = "size 3\nstart 0 0\ngoal 2 2\n<answer>D D R R</answer>"
 # the supervised steps that make the teacher: the loss ends near 0.04 per token
 SFT_STEPS, SFT_BATCH, SFT_LR = 60, 12, 3e-3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")

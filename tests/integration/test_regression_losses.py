@@ -19,13 +19,12 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from mgsd.data import records
 from mgsd.data.splits import generate_rows
 from mgsd.train import distill, sft
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread_module")]
 REL = 1e-4
 STEPS = 3
 SFT = {
@@ -68,14 +67,6 @@ DISTILL_PINS: dict[str, list[tuple[float, float]]] = {
     "sampled_stabilised": [(3.0870919, 1.1933676), (2.9122624, 1.1713055), (2.3734396, 0.88538831)],
     "full_reverse_kl": [(1.0716714, 1.0716714), (0.96582526, 0.96582526), (0.56070942, 0.56070942)],
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")
