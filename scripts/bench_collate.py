@@ -15,7 +15,7 @@ import statistics
 import time
 
 import torch
-from bench_distill_step import build, instances
+from _bench_common import build, instances
 
 from mgsd.model import batching
 from mgsd.model.tasks import make_example

@@ -24,10 +24,9 @@ import argparse
 import time
 
 import torch
-from bench_distill_step import build, instances, sync
+from _bench_common import build, instances, profile, sync
 from transformers import Qwen3VLForConditionalGeneration
 
-from mgsd.model import decode
 from mgsd.model.generate import generate
 from mgsd.model.tasks import make_example
 from mgsd.model.vision import batch_same_size_attention
@@ -46,7 +45,6 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="kernel time breakdown of one more call at the first batch size")  # fmt: skip
     args = ap.parse_args()
-    decode.COMPILE_ON_CUDA = not args.no_compile
     image = args.image or (256 if args.shape == "4b" else 64)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -74,7 +72,8 @@ def main() -> None:
                 sync(device)
                 t0 = time.perf_counter()
                 gens = generate(model, processor, examples, args.reply, temperature=1.0, seed=0,
-                                stop_at_answer=False, engine=engine, timings=timings)  # fmt: skip
+                                stop_at_answer=False, engine=engine, timings=timings,
+                                compiled=False if args.no_compile else None)  # fmt: skip
                 sync(device)
                 times.append(time.perf_counter() - t0)
             dt = times[-1]
@@ -92,11 +91,10 @@ def main() -> None:
                   f"{split} | {whole:,.0f} | {whole / roof:.1%} | {in_decode:,.0f} | "
                   f"{in_decode / roof:.1%} | {tokens / dt:,.0f} | {batch / dt:.1f} |", flush=True)  # fmt: skip
     if args.profile:
-        from bench_train_step import profile
-
         examples = [make_example("student", x, "compact", False) for x in insts[: args.batch[0]]]
         profile(lambda: generate(model, processor, examples, args.reply, temperature=1.0, seed=0,
-                                 stop_at_answer=False, engine=args.engine[0]), device)  # fmt: skip
+                                 stop_at_answer=False, engine=args.engine[0],
+                                 compiled=False if args.no_compile else None), device)  # fmt: skip
 
 
 def decode_weight_bytes(model) -> int:

@@ -18,7 +18,7 @@ Models are built as `mgsd.model.load.load_model` loads them: the student (traine
 the teacher (frozen) in bfloat16 on CUDA; `common.setup` runs the student under bf16 autocast on
 CUDA (fp32 on CPU). `--student-dtype bfloat16` keeps the student in bf16 too, and
 `--grad-checkpointing` (not an option of the loop) shows what activation checkpointing would
-save. Shapes come from scripts/bench_train_step.py (`build_config`, `SHAPE_4B`, imported); the
+save. Shapes come from scripts/_bench_common.py (`build`, `SHAPE_4B`); the
 4B shape takes the special-token ids of the scratch processor, which changes no size.
 
 Prints a Markdown table: seconds per phase (mean over `--steps` steps after one warm-up step),
@@ -34,71 +34,30 @@ import copy
 import resource
 import sys
 import time
-from pathlib import Path
 
 import torch
-from bench_train_step import SHAPE_4B, build_config  # scripts/ is on sys.path when run
-from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+from _bench_common import build, instances, sync  # scripts/ is on sys.path when run
+from transformers import Qwen3VLForConditionalGeneration
 
-from mgsd import puzzles
-from mgsd.config import DistillConfig, ScratchConfig, load_file
-from mgsd.data.splits import instance_seed, make_row
+from mgsd.config import DistillConfig
+from mgsd.model import support
 from mgsd.model.batching import collate_generate
 from mgsd.model.generate import Generation, generate
-from mgsd.model.scratch import SPECIAL_TOKENS, build_processor
+from mgsd.model.scratch import SPECIAL_TOKENS
 from mgsd.model.tasks import Instance, make_example
 from mgsd.model.vision import batch_same_size_attention
 from mgsd.train import common, distill
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = {  # shape: (batch, reply tokens, image side)
     "default": (16, 160, 64),
     "4b": (32, 256, 256),
 }
-CASES = (("frozenlake", 4), ("maze", 4), ("minibehaviour", 5))
-SHAPE_4B_VOCAB = SHAPE_4B["text_config"]["vocab_size"]
-
-
-def build(shape: str, image_px: int):
-    """(processor, Qwen3VLConfig) with consistent special-token ids."""
-    if shape == "default":
-        scratch = load_file(REPO / "pipeline_config.yaml").backbone.scratch
-        return build_processor(scratch, image_px), build_config("default")
-    processor = build_processor(ScratchConfig(vocab_size=SHAPE_4B_VOCAB), image_px)
-    ids = {t: processor.tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    config = Qwen3VLConfig(
-        **{
-            **SHAPE_4B,
-            "image_token_id": ids["<|image_pad|>"],
-            "video_token_id": ids["<|video_pad|>"],
-            "vision_start_token_id": ids["<|vision_start|>"],
-            "vision_end_token_id": ids["<|vision_end|>"],
-        }
-    )
-    return processor, config
-
-
-def instances(n: int, image_px: int) -> list[Instance]:
-    """`n` training-like instances, the puzzles in turn."""
-    out = []
-    for i in range(n):
-        name, side = CASES[i % len(CASES)]
-        seed = instance_seed(0, name, side, i)
-        row = make_row(name, "train", f"bench-{i}", side, seed, "generated",
-                       puzzles.get(name).generate(side, seed), image_px)  # fmt: skip
-        out.append(Instance(row["id"], name, side, row["state"], row["image"], row["solution"]))
-    return out
 
 
 def mean_prompt(processor, task: str, insts: list[Instance]) -> float:
     """Mean prompt length in tokens (picture tokens included) under `task`."""
     batch = collate_generate(processor, [make_example(task, x, "compact", False) for x in insts])
     return batch["attention_mask"].sum().item() / len(insts)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_gib(device: torch.device) -> float:
@@ -154,9 +113,11 @@ def one_step(step, student, teacher, probe, opt, processor, insts, args, cfg, ac
     real = sum(len(x.token_ids) for x in gens)
     gens = pad_replies(gens, args.reply, processor, g)
     t1 = time.perf_counter()
+    allowed_V = support.support_mask(processor.tokenizer, support.output_rows(raw), device)
     loss, st = distill.distill_step(
-        student, teacher, processor, insts, examples, gens, args, cfg, acc
-    )
+        student, teacher, processor, insts, examples, gens, cfg, acc, allowed_V,
+        loss_kind="sampled_reverse_kl", teacher_sees_plan=True, style="compact",
+    )  # fmt: skip
     acc.backward(loss)
     acc.clip_grad_norm_([p for p in student.parameters() if p.requires_grad], cfg.grad_clip)
     opt.step()
@@ -213,7 +174,6 @@ def main() -> None:
         args.reply or reply,
         args.image or image,
     )
-    args.teacher_sees_plan, args.style, args.loss = True, "compact", "sampled_reverse_kl"
     acc = common.setup(0)
     device = torch.device("meta") if args.dry_run else acc.device
     processor, config = build(args.shape, args.image)

@@ -32,46 +32,17 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-from pathlib import Path
 
 import torch
+from _bench_common import build_config, profile  # scripts/ is on sys.path when run
 from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
 from mgsd.model.lora import unwrap
 from mgsd.model.vision import batch_same_size_attention
 
-REPO = Path(__file__).resolve().parents[1]
 PEAK_FLOPS = 989e12  # H200 SXM, dense bf16
 IMAGE_PX = 256
-SHAPE_4B = {
-    "text_config": {
-        "vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728,
-        "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
-        "head_dim": 128, "max_position_embeddings": 262144,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 5e6,
-                            "mrope_section": [24, 20, 20], "mrope_interleaved": True},
-    },
-    "vision_config": {
-        "depth": 24, "hidden_size": 1024, "num_heads": 16, "intermediate_size": 4096,
-        "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2,
-        "out_hidden_size": 2560, "num_position_embeddings": 2304,
-        "deepstack_visual_indexes": [5, 11, 17],
-    },
-    "image_token_id": 151655, "video_token_id": 151656,
-    "vision_start_token_id": 151652, "vision_end_token_id": 151653,
-    "tie_word_embeddings": True,
-}  # fmt: skip
 LM_LINEARS = r".*language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"
-
-
-def build_config(shape: str) -> Qwen3VLConfig:
-    if shape == "4b":
-        return Qwen3VLConfig(**SHAPE_4B)
-    from mgsd.config import load_file
-    from mgsd.model.scratch import build_tokenizer, hf_config
-
-    scratch = load_file(REPO / "pipeline_config.yaml").backbone.scratch
-    return hf_config(scratch, build_tokenizer(scratch.vocab_size))
 
 
 def matmul_params(modules, trainable: bool = False) -> int:
@@ -202,58 +173,6 @@ def main() -> None:
     print(f"MFU {flops / seconds / PEAK_FLOPS:.2%} (of {PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16)")
     if args.profile:
         profile(step, device)
-
-
-KINDS = (  # first match wins: kernel-name fragments -> kind
-    ("optimizer", ("adam", "multi_tensor", "foreach")),
-    ("attention", ("flash", "fmha", "attention", "sdpa")),
-    (
-        "matmul",
-        (
-            "gemm",
-            "sm90",
-            "cutlass",
-            "cublas",
-            "matmul",
-            "xmma",
-            "nvjet",
-            "aten::mm",
-            "addmm",
-            "bmm",
-        ),
-    ),
-    ("loss", ("cross_entropy", "nll", "log_softmax", "softmax")),
-    ("copy / cast", ("copy", "cast", "convert", "to_copy")),
-)
-
-
-def profile(step, device: torch.device) -> None:
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    cuda = device.type == "cuda"
-    with torch_profile(
-        activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]
-    ) as prof:
-        step()
-    totals: dict[str, float] = {}
-    top = []
-    for e in prof.key_averages():
-        us = e.self_device_time_total if cuda else e.self_cpu_time_total
-        if us <= 0 or e.key.startswith("ProfilerStep"):
-            continue
-        name = e.key.lower()
-        kind = next(
-            (k for k, frags in KINDS if any(f in name for f in frags)), "elementwise / other"
-        )
-        totals[kind] = totals.get(kind, 0.0) + us
-        top.append((us, e.count, e.key[:90]))
-    all_us = sum(totals.values())
-    print(f"{'GPU kernel' if cuda else 'CPU op'} time in one step: {all_us / 1e3:.1f} ms")
-    for kind, us in sorted(totals.items(), key=lambda x: -x[1]):
-        print(f"  {kind:22s} {us / 1e3:8.1f} ms  {us / all_us:6.1%}")
-    for us, count, key in sorted(top, reverse=True)[:12]:
-        print(f"  {us / 1e3:8.1f} ms  x{count:<5d} {key}")
 
 
 if __name__ == "__main__":

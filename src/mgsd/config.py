@@ -335,9 +335,12 @@ class TablesConfig:
     seed: int = _f(0, help="bootstrap seed", ge=0)
 
 
+FigureFormat = Literal["png", "pdf", "svg"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class PlotsConfig:
-    formats: tuple[str, ...] = _f(("png", "pdf"), help="figure file formats")
+    formats: tuple[FigureFormat, ...] = _f(("png", "pdf"), help="figure file formats")
     dpi: int = _f(150, help="PNG resolution", ge=50, le=600)
 
 

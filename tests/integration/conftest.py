@@ -58,3 +58,15 @@ def tiny(tiny_model_dir: Path):
     from mgsd.model.load import load_model
 
     return load_model(tiny_model_dir, device="cpu", trainable=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One torch thread for a whole module (`pytest.mark.usefixtures`): exact float results, and
+    no waiting on the other threads of a small shared host."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -115,15 +115,12 @@ def test_static_engine_with_lora_equals_plain_engine(tiny_model_dir, examples):
 
 
 @pytest.mark.slow
-def test_compiled_layer_step_equals_plain_engine(tiny, examples, monkeypatch):
+def test_compiled_layer_step_equals_plain_engine(tiny, examples):
     """The torch.compile'd layer step (what a GPU runs inside its graph), here on the CPU."""
-    import functools
-
-    monkeypatch.setattr(
-        decode, "static_decode", functools.partial(decode.static_decode, compiled=True)
-    )
     model, processor = tiny
-    static = generate(model, processor, examples, 24, temperature=1.0, seed=2, engine="static")
+    static = generate(
+        model, processor, examples, 24, temperature=1.0, seed=2, engine="static", compiled=True
+    )
     assert unwrap(model)._mgsd_decode_step.compiled
     plain = generate(model, processor, examples, 24, temperature=1.0, seed=2, engine="hf")
     assert [g.token_ids for g in static] == [g.token_ids for g in plain]

@@ -40,21 +40,14 @@ from mgsd.model.batching import (
 from mgsd.model.generate import Generation
 from mgsd.model.load import load_model, read_stage_info, save_model
 from mgsd.model.tasks import Instance, load_instances, make_example
-from mgsd.train import common, distill, losses
+from mgsd.train import common, distill, losses, resume
 
 LOGPROB_TOL = 1e-4  # fp32 on CPU: one right-padded batch vs one unpadded forward per example
 TEACHER_REPLY = "size 3\nstart 0 0\ngoal 2 2\n<answer>R R D D</answer>"
 STUDENT_REPLY = "size 3\nstart 0 0\ngoal 2 2\n<answer>D D R R</answer>"
 # the supervised steps that make the teacher: the loss ends near 0.04 per token
 SFT_STEPS, SFT_BATCH, SFT_LR = 60, 12, 3e-3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
@@ -248,8 +241,8 @@ def run_step(student, teacher, processor, insts, replies, *, plan: bool, loss: s
     cfg = DistillConfig(steps=1, batch_size=len(insts), max_new_tokens=8, lr=1e-3, **options)
     acc = common.setup(0)
     return distill.distill_step(
-        student, teacher, processor, insts, examples, gens, args, cfg, acc,
-        allowed(student, processor),
+        student, teacher, processor, insts, examples, gens, cfg, acc, allowed(student, processor),
+        loss_kind=args.loss, teacher_sees_plan=args.teacher_sees_plan, style=args.style,
     )  # fmt: skip
 
 
@@ -443,7 +436,7 @@ def test_resume_after_sigkill_ends_with_the_weights_of_a_straight_run(teacher_di
     argv = {r: distill_argv(r, teacher_dir, teacher_dir, data, RESUME) for r in (straight, killed)}
     runs = {r: start_distill(r, argv[r]) for r in (straight, killed)}  # side by side
     victim, deadline = runs[killed], time.monotonic() + 300
-    while not common.checkpoints(killed / "work"):
+    while not resume.checkpoints(killed / "work"):
         assert victim.poll() is None, (killed / "stderr.txt").read_text()
         assert time.monotonic() < deadline, "no checkpoint within 300 s"
         time.sleep(0.02)
@@ -496,13 +489,15 @@ def test_sampler_log_probs_are_the_trainers(tiny, teacher, insts):
     args, acc = distill.parse_args(argv), common.setup(0)
     ids = allowed(student, processor)
     _, st = distill.distill_step(
-        student, teacher[0], processor, flat, examples, gens, args, cfg, acc, ids
-    )
+        student, teacher[0], processor, flat, examples, gens, cfg, acc, ids,
+        loss_kind=args.loss, teacher_sees_plan=args.teacher_sees_plan, style=args.style,
+    )  # fmt: skip
     assert st["sampler_gap"] < 1e-4
     off = [Generation(g.token_ids, g.text, [x - 0.5 for x in g.logprobs], g.finished) for g in gens]
     _, st = distill.distill_step(
-        student, teacher[0], processor, flat, examples, off, args, cfg, acc, ids
-    )
+        student, teacher[0], processor, flat, examples, off, cfg, acc, ids,
+        loss_kind=args.loss, teacher_sees_plan=args.teacher_sees_plan, style=args.style,
+    )  # fmt: skip
     assert st["sampler_gap"] == pytest.approx(0.5, abs=1e-3)
 
 

@@ -1,4 +1,4 @@
-"""Resume and multi-process training with mgsd.train.common, on a real (tiny) torch model.
+"""Resume and multi-process training (mgsd.train.common, mgsd.train.resume) on a tiny torch model.
 
 This file is also the training script the tests start: `python test_resume_ddp.py --work DIR`
 trains a 2-layer MLP on fixed synthetic data with the shared pieces, in the shape the SFT and
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mgsd.train import common
+from mgsd.train import common, resume
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def train(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     acc = common.setup(cfg_seed=3)
-    stop = common.StopSignal()
+    stop = resume.StopSignal()
     g = torch.Generator().manual_seed(1234)
     x_ND = torch.randn(N_EXAMPLES, 6, generator=g).to(acc.device)
     y_N1 = torch.sin(x_ND.sum(1, keepdim=True))
@@ -51,8 +51,8 @@ def train(argv: list[str]) -> int:
     opt = common.make_optimizer(model.parameters(), lr=3e-2, weight_decay=0.01)
     sched = common.make_schedule(opt, args.steps, warmup_ratio=0.2, kind="cosine")
     model, opt = acc.prepare(model, opt)
-    ckpt = common.latest_checkpoint(args.work)
-    start = common.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
+    ckpt = resume.latest_checkpoint(args.work)
+    start = resume.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
     log = common.JsonlLogger(args.work / "train_log.jsonl", start)
 
     for step in range(start, args.steps):
@@ -71,9 +71,9 @@ def train(argv: list[str]) -> int:
         time.sleep(args.step_seconds)
         stopping = stop.requested(acc)
         if (step + 1) % args.checkpoint_every == 0 or stopping:
-            common.save_checkpoint(args.work, step + 1, model, opt, sched, acc, {"note": "toy"})
+            resume.save_checkpoint(args.work, step + 1, model, opt, sched, acc, {"note": "toy"})
         if stopping:
-            common.exit_for_resume(step + 1)
+            resume.exit_for_resume(step + 1)
         if step + 1 == args.hang_after:
             time.sleep(600)  # a job that hangs until it is killed
     if acc.is_main_process:

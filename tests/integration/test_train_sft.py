@@ -42,7 +42,7 @@ from mgsd.model.load import load_model, read_stage_info
 from mgsd.model.lora import apply_lora, merge_lora
 from mgsd.model.tasks import STAGE_TASK, load_instances, make_example, task_success
 from mgsd.train import sft
-from mgsd.train.common import EXIT_RESUMABLE, lock_work_dir
+from mgsd.train.resume import EXIT_RESUMABLE, lock_work_dir
 
 INSTANCES = (  # (puzzle, side): one instance each, see the module docstring
     ("frozenlake", 3),

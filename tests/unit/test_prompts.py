@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from mgsd import puzzles
 from mgsd.model import prompts
+from mgsd.puzzles import base
 
 LEVELS = {"frozenlake": (3, 8), "maze": (3, 6), "minibehaviour": (5, 6)}
 CASES = [(name, level) for name, levels in LEVELS.items() for level in levels]
@@ -79,9 +80,9 @@ def test_reply_states_first_and_solves(name, level, style):
     assert between.count("\n") == 0 and (style == "instruct") == bool(between)  # <= one line
     result = module.score(state, reply)
     assert result.success and result.exact_match
-    assert prompts.parse_stated_state(name, reply) == module.field_values(state)
+    assert base.parse_stated_state(puzzles.get(name), reply) == module.field_values(state)
     assert prompts.grounding_reply(name, state) == module.describe(state)
-    assert prompts.parse_stated_state(name, prompts.grounding_reply(name, state)) == (
+    assert base.parse_stated_state(puzzles.get(name), prompts.grounding_reply(name, state)) == (
         module.field_values(state)
     )
 
@@ -94,16 +95,16 @@ def test_stated_state_is_read_before_the_last_answer():
         prompts.reply_text("frozenlake", state) + "\n" + fl.describe(other) + "\n<answer>R</answer>"
     )
     # the first stated state comes first; text after the last <answer> never counts
-    assert prompts.parse_stated_state("frozenlake", reply) == fl.field_values(state)
+    assert base.parse_stated_state(puzzles.get("frozenlake"), reply) == fl.field_values(state)
     tail_only = "<answer>R</answer>\n" + fl.describe(state)
-    assert prompts.parse_stated_state("frozenlake", tail_only) == {}
+    assert base.parse_stated_state(puzzles.get("frozenlake"), tail_only) == {}
 
 
 @settings(max_examples=200, deadline=None)
 @given(text=st.one_of(st.none(), st.integers(), st.text(max_size=300)))
 def test_parse_stated_state_never_raises(text):
     for name in puzzles.NAMES:
-        assert isinstance(prompts.parse_stated_state(name, text), dict)
+        assert isinstance(base.parse_stated_state(puzzles.get(name), text), dict)
 
 
 def test_bad_style_is_an_error_naming_it():

@@ -101,3 +101,18 @@ def test_a_bad_row_is_named_before_any_model_loads(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and f"{path}: row {row!r}, column '{column}'" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_target_reply_takes_the_stored_plan_which_is_the_solved_one():
+    """One source of the plan: the data row's solution (`Instance.plan`), which equals the
+    puzzle's `solve` for every row the pipeline writes."""
+    from mgsd.model import prompts
+
+    for inst in INSTS:
+        assert inst.plan == puzzles.get(inst.puzzle).solve(inst.state)
+        for style in prompts.STYLES:
+            want = prompts.reply_text(inst.puzzle, inst.state, style)
+            assert make_example("symbolic", inst, style).reply == want
+    inst = INSTS[0]
+    other = dataclasses.replace(inst, solution="U")  # the reply follows the stored plan
+    assert make_example("symbolic", other, "compact").reply.endswith("<answer>U</answer>")

@@ -1,4 +1,4 @@
-"""The shared training machinery of mgsd.train.common, in one process on the CPU."""
+"""The shared training machinery (mgsd.train.common, mgsd.train.resume), one process, CPU."""
 
 from __future__ import annotations
 
@@ -12,24 +12,26 @@ import pytest
 import torch
 
 from mgsd.config import ConfigError, DistillConfig, TrainConfig
-from mgsd.train import common
+from mgsd.io import write_atomic_json
+from mgsd.train import common, resume
 from mgsd.train.common import (
-    EXIT_RESUMABLE,
-    CheckpointError,
     JsonlLogger,
     Meter,
-    StopSignal,
     batch_indices,
-    checkpoint_meta,
     explain_oom,
-    latest_checkpoint,
-    load_checkpoint,
     make_optimizer,
     make_schedule,
-    save_checkpoint,
     setup,
     shard,
-    write_atomic_json,
+)
+from mgsd.train.resume import (
+    EXIT_RESUMABLE,
+    CheckpointError,
+    StopSignal,
+    checkpoint_meta,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
 )
 
 
@@ -191,7 +193,7 @@ def test_stop_signal_sets_flag_instead_of_dying(sig):
         stop.restore()
     assert signal.getsignal(sig) is not stop._handle
     with pytest.raises(SystemExit) as e:
-        common.exit_for_resume(12)
+        resume.exit_for_resume(12)
     assert e.value.code == EXIT_RESUMABLE == 75
 
 
@@ -232,17 +234,17 @@ def test_checkpoints_of_another_run_are_not_resumed(tmp_path):
     sched = common.make_schedule(opt, 10, 0.0, "constant")
     data = tmp_path / "train.parquet"
     data.write_bytes(b"x")
-    fp = common.run_fingerprint("grounding", '{"lr": 1}', files=[data])
-    assert fp == common.run_fingerprint("grounding", '{"lr": 1}', files=[data])
-    assert fp != common.run_fingerprint("grounding", '{"lr": 2}', files=[data])
+    fp = resume.run_fingerprint("grounding", '{"lr": 1}', files=[data])
+    assert fp == resume.run_fingerprint("grounding", '{"lr": 1}', files=[data])
+    assert fp != resume.run_fingerprint("grounding", '{"lr": 2}', files=[data])
     work = tmp_path / "work"
-    common.save_checkpoint(work, 4, model, opt, sched, acc, extra={"fingerprint": fp})
-    assert common.resume_checkpoint(work, fp, acc) == work / "step-000004"
+    resume.save_checkpoint(work, 4, model, opt, sched, acc, extra={"fingerprint": fp})
+    assert resume.resume_checkpoint(work, fp, acc) == work / "step-000004"
     data.write_bytes(b"new data")  # the inputs changed: another run
-    other = common.run_fingerprint("grounding", '{"lr": 1}', files=[data])
+    other = resume.run_fingerprint("grounding", '{"lr": 1}', files=[data])
     assert other != fp
-    assert common.resume_checkpoint(work, other, acc) is None
-    assert common.checkpoints(work) == []
+    assert resume.resume_checkpoint(work, other, acc) is None
+    assert resume.checkpoints(work) == []
 
 
 def test_a_non_finite_gradient_skips_the_update_and_too_many_stop_the_run():

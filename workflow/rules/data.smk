@@ -13,6 +13,7 @@ rule data_split:
     benchmark:
         f"{ROOT}/benchmarks/data/{{puzzle}}_{{split}}.tsv"
     wildcard_constraints:
+        puzzle=one_of(CFG.data.puzzles),
         split="train|val|test",
     conda:
         "../../envs/mgsd.yaml"

@@ -1,20 +1,19 @@
 """Parquet records: the one place that knows the columns of data and evaluation files.
 
 Data files hold one puzzle instance per row (`DATA_COLUMNS`); evaluation files one model reply per
-row (`EVAL_COLUMNS`). Writes are atomic (a temporary file in the same folder, then a rename), so an
-interrupted job never leaves a half-written file behind under the declared name.
+row (`EVAL_COLUMNS`). Writes are atomic (`mgsd.io`), so an interrupted job never leaves a
+half-written file behind under the declared name.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mgsd.io import atomic_write
 
 DATA_SCHEMA = pa.schema(
     [
@@ -75,17 +74,7 @@ def write_table(rows: Iterable[dict], schema: pa.Schema, path: str | Path) -> Pa
     if missing:
         raise RecordError(f"{path}: rows lack columns {missing}")
     table = pa.Table.from_pylist(rows, schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; records are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def read_table(path: str | Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
@@ -105,12 +94,8 @@ def read_table(path: str | Path, schema: pa.Schema, columns: list[str] | None = 
 
 
 def read_data(path: str | Path, columns: list[str] | None = None) -> list[dict]:
-    """The rows of a data file as dicts (`state` stays a JSON string; see `state_dict`)."""
+    """The rows of a data file as dicts (`state` stays a JSON string)."""
     return read_table(path, DATA_SCHEMA, columns).to_pylist()
-
-
-def state_dict(row: dict) -> dict:
-    return json.loads(row["state"])
 
 
 def write_data(rows: Iterable[dict], path: str | Path) -> Path:

@@ -50,12 +50,11 @@ from mgsd.config import (
 from mgsd.data import records
 from mgsd.data.splits import public_test_rows
 from mgsd.eval import summary
-from mgsd.model import prompts
+from mgsd.io import write_atomic_json
 from mgsd.model.generate import generate
 from mgsd.model.load import load_model
 from mgsd.model.tasks import CONDITION_TASK, Instance, load_instances, make_example, to_instances
-from mgsd.puzzles.base import PARSERS
-from mgsd.train.common import write_atomic_json
+from mgsd.puzzles.base import PARSERS, parse_stated_state, stated_fields
 
 
 def select(instances: list[Instance], limit_per_level: int) -> list[Instance]:
@@ -77,9 +76,8 @@ def score_reply(inst: Instance, reply: str, offgrid: str, parser: str = "strict"
     p = puzzles.get(inst.puzzle)
     readings = {name: p.score(inst.state, reply, offgrid, name) for name in PARSERS}
     s = readings[parser]
-    stated = prompts.parse_stated_state(inst.puzzle, reply)
-    truth = p.field_values(inst.state)
-    fields = {k: stated.get(k) == v for k, v in truth.items()}
+    stated = parse_stated_state(p, reply)
+    fields = stated_fields(p, inst.state, reply)
     return {
         "actions": ",".join(s.actions or ()),
         "success": s.success,

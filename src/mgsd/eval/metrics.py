@@ -36,7 +36,7 @@ from mgsd.data.records import EVAL_COLUMNS, EVAL_SCHEMA, RecordError, read_table
 METRICS = ("success", "exact_match", "progress_rate")
 READINGS = {"strict": "success_strict", "paper": "success_paper"}  # success per answer parser
 RATES = (*METRICS, "parsed", *READINGS.values())
-ILLEGAL_KINDS = ("hole", "wall", "offgrid", "table", "bad_pick", "bad_drop")
+ILLEGAL_KINDS = ("hole", "wall", "offgrid", "table", "bad_pick", "bad_drop", "printer")
 _BOOL_COLUMNS = (
     "success", "exact_match", "parsed", "state_parsed", "state_correct", *READINGS.values(),
     "external",

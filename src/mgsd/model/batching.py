@@ -246,8 +246,9 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k in MODEL_KEYS}
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    """The batch with its tensors moved to `device` (other values as they are)."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def reply_positions(mask_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -45,9 +45,6 @@ from mgsd.model.lora import unwrap
 LENGTH_BUCKET = 64  # cache lengths are rounded up to this, so graphs are reused across batches
 SPAN = 64  # attention reads the cache up to the filled slots rounded up to this
 CHECK_EVERY = 16  # decode steps between two host-side stop checks
-COMPILE_ON_CUDA = (
-    True  # compile the layer halves where graphs are captured (benchmarks turn it off)
-)
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
@@ -384,15 +381,15 @@ def static_decode(
 
     `choose(logits_BV) -> (ids_B, logprobs_B)` picks each token; `all_done(new_BN)` looks at
     the tokens so far (on the CPU) and says whether every row has stopped. `graphs` (default:
-    on CUDA) captures the decode step as CUDA graphs; `compiled` (default: with graphs, unless
-    `COMPILE_ON_CUDA` is off) compiles the layer halves first. `timings`, if given, receives
+    on CUDA) captures the decode step as CUDA graphs; `compiled` (default: with graphs) compiles the
+    layer halves first. `timings`, if given, receives
     the seconds spent in "setup" (weights, buffers, graphs), "prefill" and "decode" (the
     device is synchronised at each boundary).
     """
     inner = unwrap(model)
     device = batch["input_ids"].device
     graphs = device.type == "cuda" if graphs is None else graphs
-    compiled = (graphs and COMPILE_ON_CUDA) if compiled is None else compiled
+    compiled = graphs if compiled is None else compiled
     B, P = batch["input_ids"].shape
     L = -(-(P + max_new_tokens) // LENGTH_BUCKET) * LENGTH_BUCKET
     t0 = time.perf_counter()

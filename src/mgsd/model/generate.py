@@ -24,7 +24,6 @@ text exclude the prompt and the forced reply prefix; text is decoded without spe
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,8 +41,8 @@ from transformers import (
 from mgsd.model import decode, support
 from mgsd.model.batching import Example, collate_generate, end_id, pad_id, to_device
 from mgsd.model.lora import unwrap
+from mgsd.puzzles.base import CLOSE_ANSWER
 
-CLOSE_ANSWER = re.compile(r"<\s*/\s*answer\s*>", re.IGNORECASE)
 _TAIL_TOKENS = 16  # enough tokens to hold "</answer>" even split into single characters
 
 
@@ -168,6 +167,7 @@ def generate(
     stop_at_answer: bool = True,
     engine: str = "auto",
     timings: dict[str, float] | None = None,
+    compiled: bool | None = None,
 ) -> list[Generation]:
     """Replies to `examples` in one batch; see the module docstring for the exact semantics.
 
@@ -176,6 +176,7 @@ def generate(
     given, receives seconds per phase: "collate" (prompts and pictures to tensors on the
     device), then the static engine's "setup", "prefill" and "decode" (the plain engine's
     "decode" holds all of its generate), and "finish" (cutting and decoding the replies).
+    `compiled`: the static engine's choice (default: compile where CUDA graphs are captured).
     """
     if temperature < 0 or not 0 < top_p <= 1 or max_new_tokens < 1:
         raise ValueError(
@@ -202,7 +203,13 @@ def generate(
         with torch.no_grad():
             if engine == "static":
                 new_BN, logprobs_BN = decode.static_decode(
-                    model, batch, max_new_tokens, chooser.choose, stops.all_done, timings=timings
+                    model,
+                    batch,
+                    max_new_tokens,
+                    chooser.choose,
+                    stops.all_done,
+                    compiled=compiled,
+                    timings=timings,
                 )
             else:
                 new_BN, logprobs_BN = _hf_generate(model, batch, config, chooser, stops)

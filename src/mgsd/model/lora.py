@@ -1,4 +1,5 @@
-"""LoRA on the language model (peft), frozen vision tower, and the merge back to a plain model.
+"""LoRA on the language model (peft), frozen vision tower, the merge back to a plain model, and
+the compiled layers of a training stage (`compile_layers`).
 
 `target_modules="all-linear"` also matches the vision tower's linear layers, so the vision tower
 is excluded by name (`.*visual.*`) unless the stage trains it.
@@ -28,6 +29,20 @@ def freeze_vision(model: torch.nn.Module) -> int:
             p.requires_grad_(False)
             frozen += 1
     return frozen
+
+
+def compile_layers(model: torch.nn.Module) -> int:
+    """torch.compile every decoder layer and vision block in place; returns how many.
+
+    The identical layers share one compiled graph per kind (their forwards run without a KV
+    cache: training forwards pass ``use_cache=False``). Generation runs its prefill eagerly
+    (`mgsd.model.decode`), so a compiled model still decodes with the static engine.
+    """
+    inner = unwrap(model)
+    layers = [*inner.model.language_model.layers, *inner.model.visual.blocks]
+    for layer in layers:
+        layer.compile()
+    return len(layers)
 
 
 def apply_lora(model: torch.nn.Module, cfg: LoraConfig, train_vision: bool = False):

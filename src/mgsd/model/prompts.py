@@ -14,21 +14,19 @@ the messages only hold its placeholder ``{"type": "image"}``):
   backbones: reading pictures in another wording than the task's).
 
 Replies start with the recovered state (`describe(state)`), then at most
-one line of reasoning, then ``<answer>...</answer>``; `parse_stated_state` reads the state back
-from a model's reply and never raises. `tokenizer_corpus` is the deterministic text the scratch
+one line of reasoning, then ``<answer>...</answer>``; `mgsd.puzzles.base.parse_stated_state`
+reads the state back from a model's reply and never raises. `tokenizer_corpus` is the deterministic text the scratch
 tokenizer is trained on.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from mgsd import puzzles
 from mgsd.config import LEVEL_RANGE
 
 STYLES = ("compact", "instruct")
-_OPEN_ANSWER = re.compile(r"<\s*answer\s*>", re.IGNORECASE)
 
 # ---------------------------------------------------------------- instruct wording
 
@@ -210,12 +208,18 @@ def perception_messages(puzzle_name: str, question: str, style: str) -> list[dic
 # ---------------------------------------------------------------- replies
 
 
-def reply_text(puzzle_name: str, state: Any, style: str = "compact") -> str:
-    """The target reply: state, (instruct: one line of reasoning), then the optimal answer."""
+def reply_text(
+    puzzle_name: str, state: Any, style: str = "compact", plan: list[str] | None = None
+) -> str:
+    """The target reply: state, (instruct: one line of reasoning), then the optimal answer.
+
+    `plan` is the instance's stored plan (`mgsd.model.tasks.Instance.plan`, the data file's
+    `solution`, itself `solve(state)` when the row was made); without one the state is solved.
+    """
     _check_style(style)
     module = _module(puzzle_name)
     state = _state(puzzle_name, state)
-    plan = module.solve(state)
+    plan = module.solve(state) if plan is None else plan
     lines = [module.describe(state)]
     if style == "instruct":
         lines.append(f"A shortest plan has {len(plan)} actions.")
@@ -235,24 +239,6 @@ def state_prefix(puzzle_name: str, state: Any) -> str:
 def grounding_reply(puzzle_name: str, state: Any) -> str:
     """The target of grounding: the state text alone."""
     return _module(puzzle_name).describe(_state(puzzle_name, state))
-
-
-def stated_state_text(reply: Any) -> str:
-    """The part of a reply before its last ``<answer>`` tag (all of it when there is none)."""
-    if not isinstance(reply, str):
-        return ""
-    starts = [m.start() for m in _OPEN_ANSWER.finditer(reply)]
-    return reply[: starts[-1]] if starts else reply
-
-
-def parse_stated_state(puzzle_name: str, reply: Any) -> dict:
-    """The state fields a reply states before its last answer; ``{}`` when none. Never raises."""
-    module = _module(puzzle_name)
-    try:
-        fields = module.parse_description(stated_state_text(reply))
-    except ValueError:  # e.g. a number no int() takes; anything else is a bug and surfaces
-        return {}
-    return fields if isinstance(fields, dict) else {}
 
 
 # ---------------------------------------------------------------- tokenizer corpus

@@ -30,6 +30,7 @@ from mgsd.config import TASKS
 from mgsd.data import records
 from mgsd.model import prompts
 from mgsd.model.batching import Example
+from mgsd.puzzles.base import stated_fields
 
 STAGE_TASK = {
     "symbolic_pretrain": "symbolic",
@@ -137,7 +138,7 @@ def make_example(
         question, answer = qa[variant % len(qa)]
         msgs = prompts.perception_messages(p, question, style)
         return Example(msgs, answer if with_reply else None, inst.image)
-    full = prompts.reply_text(p, s, style)
+    full = prompts.reply_text(p, s, style, plan=inst.plan)
     if task == "student":
         return Example(prompts.student_messages(p, style), full if with_reply else None, inst.image)
     if task == "symbolic":
@@ -167,9 +168,8 @@ def task_success(task: str, inst: Instance, reply: str, variant: int = 0) -> boo
         qa = p.questions(inst.state)
         return reply.strip() == qa[variant % len(qa)][1]
     if task in ("grounding", "grounding_student"):
-        stated = prompts.parse_stated_state(inst.puzzle, reply + "\n<answer></answer>")
-        truth = p.field_values(inst.state)
-        return all(stated.get(k) == v for k, v in truth.items())
+        # a grounding reply is the state alone: all of it is read, answer tags included
+        return all(stated_fields(p, inst.state, reply + "\n<answer></answer>").values())
     return p.score(inst.state, reply).success
 
 

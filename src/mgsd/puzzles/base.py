@@ -183,8 +183,9 @@ def neighbours(pos: Pos, level: int) -> list[Pos]:
 
 # ---------------------------------------------------------------- answers
 
-_OPEN = re.compile(r"<\s*answer\s*>", re.IGNORECASE)
-_CLOSE = re.compile(r"<\s*/\s*answer\s*>", re.IGNORECASE)
+# the answer tags, as every reader of replies finds them (any case, spaces inside the brackets)
+OPEN_ANSWER = re.compile(r"<\s*answer\s*>", re.IGNORECASE)
+CLOSE_ANSWER = re.compile(r"<\s*/\s*answer\s*>", re.IGNORECASE)
 _WORDS = {"up": "U", "down": "D", "left": "L", "right": "R", "pick": "PICK", "drop": "DROP"}
 
 
@@ -197,13 +198,13 @@ def answer_block(text: Any) -> str | None:
     """
     if not isinstance(text, str):
         return None
-    close = _last(_CLOSE.finditer(text))
+    close = _last(CLOSE_ANSWER.finditer(text))
     if close is None:
         return None
-    opening = _last(_OPEN.finditer(text, 0, close.start()))
+    opening = _last(OPEN_ANSWER.finditer(text, 0, close.start()))
     if opening is None:
         return None
-    end = _CLOSE.search(text, opening.end())
+    end = CLOSE_ANSWER.search(text, opening.end())
     return text[opening.end() : end.start()]
 
 
@@ -254,10 +255,10 @@ def first_answer_block(text: Any) -> str | None:
     closing tag after it; None when there is no opening tag or it is never closed."""
     if not isinstance(text, str):
         return None
-    opening = _OPEN.search(text)
+    opening = OPEN_ANSWER.search(text)
     if opening is None:
         return None
-    close = _CLOSE.search(text, opening.end())
+    close = CLOSE_ANSWER.search(text, opening.end())
     return None if close is None else text[opening.end() : close.start()]
 
 
@@ -299,6 +300,34 @@ def read_plan(text: Any, actions: Sequence[str], parser: str = "strict") -> list
     if parser == "paper":
         return parse_plan_paper(text, actions)
     raise ValueError(f"parser: {parser!r} is not one of {', '.join(PARSERS)}")
+
+
+# ---------------------------------------------------------------- the stated state
+
+
+def stated_state_text(reply: Any) -> str:
+    """The part of a reply before its last ``<answer>`` tag (all of it when there is none)."""
+    if not isinstance(reply, str):
+        return ""
+    starts = [m.start() for m in OPEN_ANSWER.finditer(reply)]
+    return reply[: starts[-1]] if starts else reply
+
+
+def parse_stated_state(puzzle: Any, reply: Any) -> dict:
+    """The state fields a reply states before its last answer, read by the puzzle module
+    `puzzle` (its `parse_description`); ``{}`` when none. Never raises."""
+    try:
+        fields = puzzle.parse_description(stated_state_text(reply))
+    except ValueError:  # e.g. a number no int() takes; anything else is a bug and surfaces
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
+def stated_fields(puzzle: Any, state: Any, reply: Any) -> dict[str, bool]:
+    """For each field of the true `state` (`puzzle.field_values`), whether the reply states it
+    right before its last answer (`parse_stated_state`)."""
+    stated = parse_stated_state(puzzle, reply)
+    return {k: stated.get(k) == v for k, v in puzzle.field_values(state).items()}
 
 
 # ---------------------------------------------------------------- descriptions

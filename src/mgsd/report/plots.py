@@ -44,19 +44,17 @@ from matplotlib.patches import Patch
 
 from mgsd.config import PlotsConfig, TablesConfig, load_section, section_json
 from mgsd.eval import metrics
+from mgsd.io import atomic_write, atomic_write_text
 from mgsd.report.logs import load_train_logs
 from mgsd.report.style import (
     CONDITION_LABELS,
     CONDITION_STYLES,
-    atomic_write,
-    atomic_write_text,
     method_color,
     method_label,
     method_marker,
 )
 
 FIGURES = ("success_vs_side", "modality_gap", "error_decomposition", "training_curves")
-FORMATS = ("png", "pdf", "svg")
 CI = TablesConfig()
 RC = {
     "font.size": 9,
@@ -357,8 +355,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_section(PlotsConfig, args.config, "plots")
-        if bad := [f for f in cfg.formats if f not in FORMATS]:
-            raise ValueError(f"plots.formats: unknown format {bad[0]!r} ({', '.join(FORMATS)})")
         df = metrics.load_records(args.records)
         df = df[df["replicate"] == 0]  # each method's first seed, as in the tables
         logs = load_train_logs(args.train_logs)

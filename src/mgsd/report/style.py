@@ -1,5 +1,5 @@
 """One look for every table and figure: method colours and markers, condition styles, number
-formats, the table renderers (csv, markdown, LaTeX) and atomic file writes. Imports neither
+formats, and the table renderers (csv, markdown, LaTeX). Imports neither
 matplotlib nor torch, so tables stay light.
 
 Colours are the Okabe-Ito colour-blind-safe palette (plus its usual grey), one per method, the
@@ -12,15 +12,14 @@ diamonds, cross-hatched bars.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from mgsd.config import METHODS
+from mgsd.io import atomic_write, atomic_write_text
 
 OKABE_ITO = {
     "black": "#000000",
@@ -99,33 +98,6 @@ def pct_ci(mean: float, lo: float, hi: float, signed: bool = False) -> str:
     if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (lo, hi)):
         return pct(mean, signed=signed)
     return f"{pct(mean, signed=signed)} [{pct(lo, signed=signed)}, {pct(hi, signed=signed)}]"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temporary file next to `path`, then rename it onto `path`, so a
-    failed job never leaves a half-written file under a name Snakemake declared."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 # ---------------------------------------------------------------- tables

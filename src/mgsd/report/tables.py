@@ -55,12 +55,12 @@ import pandas as pd
 from mgsd.config import TablesConfig, load_section, section_json
 from mgsd.eval import metrics
 from mgsd.eval.metrics import METRICS
+from mgsd.io import atomic_write_text
 from mgsd.report.logs import load_train_logs
 from mgsd.report.style import (
     EXTERNAL_NOTE,
     NA,
     Table,
-    atomic_write_text,
     method_label,
     pct,
     pct_ci,

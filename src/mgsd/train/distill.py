@@ -36,13 +36,14 @@ import torch
 
 from mgsd import cli_args, puzzles
 from mgsd.config import ConfigError, DistillConfig, load_section, to_dict
+from mgsd.io import write_atomic_json
 from mgsd.model import support
 from mgsd.model.batching import ReplyLogits, collate_score, reply_logits
 from mgsd.model.generate import generate
 from mgsd.model.load import load_model, save_model
-from mgsd.model.lora import freeze_vision
+from mgsd.model.lora import compile_layers, freeze_vision
 from mgsd.model.tasks import load_instances, make_example, task_success, validation_set
-from mgsd.train import common, losses
+from mgsd.train import common, losses, resume
 
 LOSSES = cli_args.LOSSES
 
@@ -76,11 +77,18 @@ def sample(student, processor, insts, cfg: DistillConfig, style, seed, device, a
     return flat, examples, gens
 
 
-def distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc, allowed_V):
-    """Teacher scoring and the student's loss for this process's samples (not yet scaled)."""
+def distill_step(
+    model, teacher, processor, flat, examples, gens, cfg, acc, allowed_V, *,
+    loss_kind: str, teacher_sees_plan: bool, style: str,
+):  # fmt: skip
+    """Teacher scoring and the student's loss for this process's samples (not yet scaled).
+
+    `loss_kind`: one of `LOSSES`; `teacher_sees_plan`: the teacher's prompt holds the reference plan;
+    `style`: the prompt style of the teacher's examples.
+    """
     replies = [list(g.token_ids) or [processor.tokenizer.eos_token_id] for g in gens]
-    task = "teacher" if args.teacher_sees_plan else "symbolic"
-    t_examples = [make_example(task, x, args.style, with_reply=False) for x in flat]
+    task = "teacher" if teacher_sees_plan else "symbolic"
+    t_examples = [make_example(task, x, style, with_reply=False) for x in flat]
     t0 = time.perf_counter()
     with torch.no_grad(), acc.autocast():
         t = score(teacher, processor, t_examples, replies, allowed_V)
@@ -98,7 +106,7 @@ def distill_step(model, teacher, processor, flat, examples, gens, args, cfg, acc
         ],
         device=acc.device,
     )
-    if args.loss == "full_reverse_kl":
+    if loss_kind == "full_reverse_kl":
         loss, st = losses.full_reverse_kl_loss(s.logits, t.logits, mask_BT)
         st = {
             **st,
@@ -154,7 +162,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
     if not cfg.train_vision:
         freeze_vision(model)
     if cfg.compile:
-        common.compile_layers(model)
+        compile_layers(model)
     teacher, _ = load_model(args.teacher, device=acc.device, trainable=False)
     teacher.eval().requires_grad_(False)
     rows = support.output_rows(model)
@@ -170,16 +178,16 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
     sched = common.make_schedule(opt, cfg.steps, cfg.warmup_ratio, cfg.schedule)
     model, opt = acc.prepare(model, opt)
     # a checkpoint is resumed only by the run that wrote it (same config, same inputs)
-    fingerprint = common.run_fingerprint(
+    fingerprint = resume.run_fingerprint(
         args.method, args.config, args.style, args.loss, str(args.teacher_sees_plan),
         files=[args.init, args.teacher, *args.train, *args.val],
     )  # fmt: skip
-    lock = common.lock_work_dir(args.work, acc)  # noqa: F841 (held until the process ends)
-    ckpt = common.resume_checkpoint(args.work, fingerprint, acc)
-    start = common.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
+    lock = resume.lock_work_dir(args.work, acc)  # noqa: F841 (held until the process ends)
+    ckpt = resume.resume_checkpoint(args.work, fingerprint, acc)
+    start = resume.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
     if ckpt:
         print(f"resuming {args.method} from {ckpt} (step {start} of {cfg.steps})", file=sys.stderr)
-    log, stop = common.JsonlLogger(args.log, start, cfg=cfg, name=args.method), common.StopSignal()
+    log, stop = common.JsonlLogger(args.log, start, cfg=cfg, name=args.method), resume.StopSignal()
     meter, bar = common.Meter(acc.device), common.progress(cfg.steps, start, args.method)
     raw = acc.unwrap_model(model)
     if cfg.batch_size % acc.num_processes:
@@ -215,8 +223,9 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
                 teacher.to(acc.device)
             t1 = time.perf_counter()
             loss, st = distill_step(
-                model, teacher, processor, flat, examples, gens, args, cfg, acc, allowed_V
-            )
+                model, teacher, processor, flat, examples, gens, cfg, acc, allowed_V,
+                loss_kind=args.loss, teacher_sees_plan=args.teacher_sees_plan, style=args.style,
+            )  # fmt: skip
             own = torch.tensor(st["tokens"], device=acc.device)
             global_tokens = acc.reduce(own, reduction="sum").item()
             acc.backward(loss * st["tokens"] / max(global_tokens, 1) * acc.num_processes)
@@ -261,7 +270,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
             log.log(done, {**last, **meter.stats()})
         bar.update()
         bar.set_postfix(kl=f"{last['distill/reverse_kl']:.3f}", refresh=False)
-        common.checkpoint_if_due(
+        resume.checkpoint_if_due(
             stop, acc, done, cfg.steps, cfg.checkpoint_every, args.work, model, opt, sched,
             fingerprint,
         )  # fmt: skip
@@ -286,7 +295,7 @@ def train(args: argparse.Namespace, cfg: DistillConfig) -> dict:
             },
         )
         if not cfg.keep_checkpoints:  # the model is written: they can only fill the disk
-            common.remove_checkpoints(args.work)
+            resume.remove_checkpoints(args.work)
     acc.wait_for_everyone()
     log.close()
     if acc.is_main_process:
@@ -335,5 +344,5 @@ def main(argv: list[str]) -> int:
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        common.write_atomic_json(args.metrics, metrics)
+        write_atomic_json(args.metrics, metrics)
     return 0

@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 
 from mgsd import cli_args
+from mgsd.io import atomic_copy, write_atomic_json
 from mgsd.model.load import read_stage_info
-from mgsd.train.common import write_atomic_json
 
 
 class SelectError(ValueError):
@@ -83,8 +83,7 @@ def select(candidates: list[Path], metric: str, keys: list[str], out: Path) -> d
     winner = candidates[best]
     _link_tree(winner / "model", out / "model")
     for name in ("metrics.json", "train_log.jsonl"):
-        shutil.copyfile(winner / name, out / f".{name}.tmp")
-        os.replace(out / f".{name}.tmp", out / name)
+        atomic_copy(winner / name, out / name)
     write_atomic_json(out / "config.json", rows[best]["config"])
     summary = {
         "metric": metric,

@@ -33,10 +33,11 @@ import torch
 
 from mgsd import cli_args
 from mgsd.config import ConfigError, TrainConfig, load_section, to_dict
-from mgsd.model.batching import collate_train
+from mgsd.io import write_atomic_json
+from mgsd.model.batching import collate_train, to_device
 from mgsd.model.generate import generate
 from mgsd.model.load import load_model, save_model
-from mgsd.model.lora import apply_lora, freeze_vision, merge_lora
+from mgsd.model.lora import apply_lora, compile_layers, freeze_vision, merge_lora
 from mgsd.model.tasks import (
     Mixture,
     load_instances,
@@ -45,12 +46,7 @@ from mgsd.model.tasks import (
     task_success,
     validation_set,
 )
-from mgsd.train import common, losses
-
-
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
+from mgsd.train import common, losses, resume
 
 TEXT_TASKS = ("symbolic", "teacher")  # tasks whose prompts hold no picture
 
@@ -110,22 +106,22 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     elif not train_vision:
         freeze_vision(model)
     if cfg.compile:
-        common.compile_layers(model)
+        compile_layers(model)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = common.make_optimizer(trainable, cfg.lr, cfg.weight_decay)
     sched = common.make_schedule(opt, cfg.steps, cfg.warmup_ratio, cfg.schedule)
     model, opt = acc.prepare(model, opt)
     # a checkpoint is resumed only by the run that wrote it (same config, same inputs)
-    fingerprint = common.run_fingerprint(
+    fingerprint = resume.run_fingerprint(
         args.stage, args.config, args.style, files=[args.init, *args.train, *args.val]
     )
-    lock = common.lock_work_dir(args.work, acc)  # noqa: F841 (held until the process ends)
-    ckpt = common.resume_checkpoint(args.work, fingerprint, acc)
-    start = common.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
+    lock = resume.lock_work_dir(args.work, acc)  # noqa: F841 (held until the process ends)
+    ckpt = resume.resume_checkpoint(args.work, fingerprint, acc)
+    start = resume.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
     if ckpt:
         print(f"resuming {args.stage} from {ckpt} (step {start} of {cfg.steps})", file=sys.stderr)
-    log, stop = common.JsonlLogger(args.log, start, cfg=cfg, name=args.stage), common.StopSignal()
+    log, stop = common.JsonlLogger(args.log, start, cfg=cfg, name=args.stage), resume.StopSignal()
     meter, bar = common.Meter(acc.device), common.progress(cfg.steps, start, args.stage)
     raw = acc.unwrap_model(model)
     micro = cfg.batch_size // cfg.grad_accum // acc.num_processes
@@ -197,7 +193,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
             log.log(done, {**last, **meter.stats()})
         bar.update()
         bar.set_postfix(loss=f"{last['train/loss']:.4f}", refresh=False)
-        common.checkpoint_if_due(
+        resume.checkpoint_if_due(
             stop, acc, done, cfg.steps, cfg.checkpoint_every, args.work, model, opt, sched,
             fingerprint,
         )  # fmt: skip
@@ -215,7 +211,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
             {"stage": args.stage, "init": args.init, "config": to_dict(cfg)},
         )
         if not cfg.keep_checkpoints:  # the model is written: they can only fill the disk
-            common.remove_checkpoints(args.work)
+            resume.remove_checkpoints(args.work)
     acc.wait_for_everyone()
     log.close()
     if acc.is_main_process:
@@ -246,5 +242,5 @@ def main(argv: list[str]) -> int:
         from accelerate import PartialState
 
         if PartialState().is_main_process:
-            common.write_atomic_json(args.metrics, metrics)
+            write_atomic_json(args.metrics, metrics)
     return 0
