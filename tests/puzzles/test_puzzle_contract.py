@@ -6,6 +6,7 @@ instances per side; canonical dicts and descriptions round-trip.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -16,7 +17,7 @@ from mgsd import puzzles
 SIDES = {"frozenlake": range(3, 9), "maze": range(3, 7), "minibehaviour": range(5, 7)}
 CASES = [(name, level) for name in puzzles.NAMES for level in SIDES[name]]
 INTERFACE = (
-    "ACTIONS FIELDS generate to_dict from_dict render describe parse_description field_values "
+    "ACTIONS FIELDS WORDING generate to_dict from_dict render describe parse_description field_values "
     "solve optimal_length simulate parse_answer format_answer score state_hash questions"
 ).split()
 
@@ -40,6 +41,22 @@ def test_registry_lists_every_puzzle_with_the_full_interface():
         assert module.FIELDS[0] == "level"
     with pytest.raises(ValueError, match="unknown puzzle 'sokoban'.*frozenlake"):
         puzzles.get("sokoban")
+
+
+def test_a_puzzle_is_named_and_worded_in_its_module_and_the_registry_only():
+    """Prompts take each puzzle's wording from its module; the config's puzzle tables follow
+    the registry, so a new puzzle that the config does not know fails here, not in a run."""
+    from mgsd import config
+    from mgsd.puzzles import base
+
+    assert config.PUZZLES == puzzles.NAMES
+    assert set(config.LEVEL_RANGE) == set(puzzles.NAMES)
+    assert set(config.BENCHMARK_SOURCES) <= set(puzzles.NAMES)
+    for name in puzzles.NAMES:
+        wording = puzzles.get(name).WORDING
+        assert isinstance(wording, base.Wording)
+        for sentence in dataclasses.astuple(wording):
+            assert sentence.strip() and sentence.endswith("."), (name, sentence)
 
 
 @pytest.mark.parametrize("name", puzzles.NAMES)

@@ -34,68 +34,6 @@ _COORDS = (
     "Cells are written as 'row col', counting from 0: row 0 is the top row and column 0 the "
     "left column."
 )
-_RULES = {
-    "frozenlake": (
-        "FrozenLake: an N x N grid of ice cells. The agent stands on the start cell and must "
-        "walk to the goal cell. Some cells are holes in the ice: stepping into a hole fails, and "
-        "so does moving off the grid."
-    ),
-    "maze": (
-        "Maze: an N x N grid of cells separated by walls. The agent must walk from the start "
-        "cell to the goal cell. Moving through a wall or off the grid fails."
-    ),
-    "minibehaviour": (
-        "MiniBehaviour (install the printer): an N x N floor with a table of 2 rows x 3 columns "
-        "and one printer. The agent must walk next to the printer, pick it up, walk next to the "
-        "table and drop the printer there ('next to' means sharing a side). Table cells can never "
-        "be entered; the printer's cell is blocked until the printer is picked up. Moving off "
-        "the grid fails. The task is done by the first legal drop."
-    ),
-}
-_PICTURE = {
-    "frozenlake": (
-        "In the picture the agent is the elf on the start cell (a stool), the goal is the "
-        "present, the holes are dark holes in the ice."
-    ),
-    "maze": (
-        "In the picture the walls are black and the corridors white; the yellow disc is the "
-        "start cell and the blue disc the goal cell."
-    ),
-    "minibehaviour": (
-        "In the picture the floor is black with grey grid lines, the table cells are tan, the "
-        "printer is the white icon and the agent is the red triangle."
-    ),
-}
-_ACTIONS = {
-    "frozenlake": "Actions: U (up), D (down), L (left), R (right).",
-    "maze": "Actions: U (up), D (down), L (left), R (right).",
-    "minibehaviour": (
-        "Actions: U (up), D (down), L (left), R (right), PICK (pick up the printer from a cell "
-        "next to it), DROP (put the carried printer down from a cell next to the table)."
-    ),
-}
-_STATE_FORMAT = {
-    "frozenlake": (
-        "State format, one item per line: 'size N', 'start r c', 'goal r c', and 'holes r c, "
-        "r c, ...' listing every hole sorted ('holes none' when there is none)."
-    ),
-    "maze": (
-        "State format, one item per line: 'size N', 'start r c', 'goal r c', then the line "
-        "'open' followed by N lines, one per row, giving for every cell the directions you can "
-        "leave it by, as letters in the order U D L R ('-' for none), cells separated by spaces."
-    ),
-    "minibehaviour": (
-        "State format, one item per line: 'size N', 'agent r c', 'printer r c', and 'table r c, "
-        "r c, ...' listing the six table cells sorted."
-    ),
-}
-_ANSWER_FORMAT = {
-    "frozenlake": "Answer format: the moves separated by spaces, e.g. <answer>R R D L</answer>.",
-    "maze": "Answer format: the moves separated by spaces, e.g. <answer>R R D L</answer>.",
-    "minibehaviour": (
-        "Answer format: the actions separated by commas, e.g. <answer>U,R,PICK,D,DROP</answer>."
-    ),
-}
 _REPLY_FORMAT = (
     "Reply format: first write the state in the state format, then at most one line of "
     "reasoning, then a shortest successful plan as <answer>...</answer>. Write nothing after "
@@ -110,6 +48,10 @@ def _check_style(style: str) -> None:
 
 def _module(puzzle_name: str) -> Any:
     return puzzles.get(puzzle_name)
+
+
+def _wording(puzzle_name: str) -> Any:
+    return _module(puzzle_name).WORDING
 
 
 def _state(puzzle_name: str, state: Any) -> Any:
@@ -133,12 +75,12 @@ def student_messages(puzzle_name: str, style: str) -> list[dict]:
         return _user(f"{puzzle_name}: picture. Reply: state, then plan.", image=True)
     text = "\n".join(
         [
-            f"The picture shows one instance of this puzzle. {_RULES[puzzle_name]}",
-            _PICTURE[puzzle_name],
+            f"The picture shows one instance of this puzzle. {_wording(puzzle_name).rules}",
+            _wording(puzzle_name).picture,
             _COORDS,
-            _ACTIONS[puzzle_name],
-            _STATE_FORMAT[puzzle_name],
-            _ANSWER_FORMAT[puzzle_name],
+            _wording(puzzle_name).actions,
+            _wording(puzzle_name).state_format,
+            _wording(puzzle_name).answer_format,
             _REPLY_FORMAT,
         ]
     )
@@ -160,16 +102,16 @@ def symbolic_messages(
         lines.append("Reply: state, then plan.")
         return _user("\n".join(lines), image=False)
     lines = [
-        f"Here is one instance of this puzzle, written as text. {_RULES[puzzle_name]}",
+        f"Here is one instance of this puzzle, written as text. {_wording(puzzle_name).rules}",
         _COORDS,
-        _ACTIONS[puzzle_name],
-        _STATE_FORMAT[puzzle_name],
+        _wording(puzzle_name).actions,
+        _wording(puzzle_name).state_format,
         "The state:",
         description,
     ]
     if hint is not None:
         lines.append(f"A reference shortest plan (use it): {hint}")
-    lines += [_ANSWER_FORMAT[puzzle_name], _REPLY_FORMAT]
+    lines += [_wording(puzzle_name).answer_format, _REPLY_FORMAT]
     return _user("\n".join(lines), image=False)
 
 
@@ -181,10 +123,10 @@ def grounding_messages(puzzle_name: str, style: str) -> list[dict]:
         return _user(f"{puzzle_name}: picture. Reply: state.", image=True)
     text = "\n".join(
         [
-            f"The picture shows one instance of this puzzle. {_RULES[puzzle_name]}",
-            _PICTURE[puzzle_name],
+            f"The picture shows one instance of this puzzle. {_wording(puzzle_name).rules}",
+            _wording(puzzle_name).picture,
             _COORDS,
-            _STATE_FORMAT[puzzle_name],
+            _wording(puzzle_name).state_format,
             "Reply with the state in the state format and nothing else.",
         ]
     )
@@ -199,8 +141,8 @@ def perception_messages(puzzle_name: str, question: str, style: str) -> list[dic
     if style == "compact":
         return _user(f"{puzzle_name}: picture. Question: {question}", image=True)
     text = (
-        f"The picture shows one instance of this puzzle. {_RULES[puzzle_name]}\n"
-        f"{_PICTURE[puzzle_name]}\n{question} Answer in a few words."
+        f"The picture shows one instance of this puzzle. {_wording(puzzle_name).rules}\n"
+        f"{_wording(puzzle_name).picture}\n{question} Answer in a few words."
     )
     return _user(text, image=True)
 

@@ -36,6 +36,18 @@ RESAMPLE = Image.Resampling.BICUBIC  # the one resize filter used for every pict
 
 
 @dataclass(frozen=True)
+class Wording:
+    """What an instruct prompt says of one puzzle, sentence by sentence (each module's WORDING;
+    `mgsd.model.prompts` assembles the prompts from it)."""
+
+    rules: str  # the puzzle's name, goal and what fails
+    picture: str  # how the picture shows the agent, the goal and the obstacles
+    actions: str  # the action letters and their meaning
+    state_format: str  # how a state is written, line by line
+    answer_format: str  # how a plan is written inside <answer>...</answer>
+
+
+@dataclass(frozen=True)
 class Simulation:
     """The outcome of executing a plan.
 

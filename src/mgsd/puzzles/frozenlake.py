@@ -36,6 +36,26 @@ from mgsd.puzzles.base import Pos, Score, Simulation
 NAME = "frozenlake"
 ACTIONS = ("U", "D", "L", "R")
 FIELDS = ("level", "start", "goal", "holes")
+
+# what an instruct prompt says of this puzzle (mgsd.model.prompts puts it together)
+WORDING = base.Wording(
+    rules=(
+        "FrozenLake: an N x N grid of ice cells. The agent stands on the start cell and must "
+        "walk to the goal cell. Some cells are holes in the ice: stepping into a hole fails, "
+        "and so does moving off the grid."
+    ),
+    picture=(
+        "In the picture the agent is the elf on the start cell (a stool), the goal is the "
+        "present, the holes are dark holes in the ice."
+    ),
+    actions="Actions: U (up), D (down), L (left), R (right).",
+    state_format=(
+        "State format, one item per line: 'size N', 'start r c', 'goal r c', and 'holes r c, "
+        "r c, ...' listing every hole sorted ('holes none' when there is none)."
+    ),
+    answer_format=("Answer format: the moves separated by spaces, e.g. <answer>R R D L</answer>."),
+)
+
 TILES = "SFHG"
 
 

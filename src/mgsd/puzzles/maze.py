@@ -36,6 +36,27 @@ from mgsd.puzzles.base import Pos, Score, Simulation
 NAME = "maze"
 ACTIONS = ("U", "D", "L", "R")
 FIELDS = ("level", "start", "goal", "walls")
+
+# what an instruct prompt says of this puzzle (mgsd.model.prompts puts it together)
+WORDING = base.Wording(
+    rules=(
+        "Maze: an N x N grid of cells separated by walls. The agent must walk from the start "
+        "cell to the goal cell. Moving through a wall or off the grid fails."
+    ),
+    picture=(
+        "In the picture the walls are black and the corridors white; the yellow disc is the "
+        "start cell and the blue disc the goal cell."
+    ),
+    actions="Actions: U (up), D (down), L (left), R (right).",
+    state_format=(
+        "State format, one item per line: 'size N', 'start r c', 'goal r c', then the line "
+        "'open' followed by N lines, one per row, giving for every cell the directions you "
+        "can leave it by, as letters in the order U D L R ('-' for none), cells separated by "
+        "spaces."
+    ),
+    answer_format=("Answer format: the moves separated by spaces, e.g. <answer>R R D L</answer>."),
+)
+
 SIDES = {"U": "north", "D": "south", "L": "west", "R": "east"}
 OPPOSITE = {"U": "D", "D": "U", "L": "R", "R": "L"}
 CELL_PX, WALL_PX = 48, 12  # native picture: walls a quarter of the cell pitch survive 64 px

@@ -37,6 +37,34 @@ from mgsd.puzzles.base import Pos, Score, Simulation
 NAME = "minibehaviour"
 ACTIONS = ("U", "D", "L", "R", "PICK", "DROP")
 FIELDS = ("level", "agent", "printer", "table")
+
+# what an instruct prompt says of this puzzle (mgsd.model.prompts puts it together)
+WORDING = base.Wording(
+    rules=(
+        "MiniBehaviour (install the printer): an N x N floor with a table of 2 rows x 3 "
+        "columns and one printer. The agent must walk next to the printer, pick it up, walk "
+        "next to the table and drop the printer there ('next to' means sharing a side). "
+        "Table cells can never be entered; the printer's cell is blocked until the printer "
+        "is picked up. Moving off the grid fails. The task is done by the first legal drop."
+    ),
+    picture=(
+        "In the picture the floor is black with grey grid lines, the table cells are tan, "
+        "the printer is the white icon and the agent is the red triangle."
+    ),
+    actions=(
+        "Actions: U (up), D (down), L (left), R (right), PICK (pick up the printer from a "
+        "cell next to it), DROP (put the carried printer down from a cell next to the "
+        "table)."
+    ),
+    state_format=(
+        "State format, one item per line: 'size N', 'agent r c', 'printer r c', and 'table r "
+        "c, r c, ...' listing the six table cells sorted."
+    ),
+    answer_format=(
+        "Answer format: the actions separated by commas, e.g. <answer>U,R,PICK,D,DROP</answer>."
+    ),
+)
+
 TABLE_ROWS, TABLE_COLS = 2, 3
 CELL_PX = 64
 FLOOR, LINE, TAN, WHITE, RED = (
