@@ -112,11 +112,12 @@ def evaluate() -> argparse.ArgumentParser:
     ap.add_argument(
         "--conditions",
         nargs="+",
-        default=["image"],
+        default=None,
         choices=sorted(CONDITIONS),
         help="input conditions, each run on every file: image (the task), text (the state as "
         "text), image_oracle_state (the true state forced as the reply's start), teacher (the "
-        "teacher's prompt, with the reference plan)",
+        "teacher's prompt, with the reference plan); default: the conditions the --config "
+        "section names, else image",
     )
     ap.add_argument(
         "--config", default="{}", help="the evaluate section as JSON (or @file); default: defaults"

@@ -877,15 +877,24 @@ def section_json(obj: Any) -> str:
     return json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":"))
 
 
-def load_section(cls: type, text: str, key: str) -> Any:
-    """Rebuild one section from the JSON a rule passed on the command line (or a file path)."""
+def section_keys(text: str, key: str) -> set[str]:
+    """The keys a section's JSON (or @file) names itself, before defaults fill the rest."""
+    raw = _section_raw(text, key)
+    return set(raw) if isinstance(raw, dict) else set()
+
+
+def _section_raw(text: str, key: str) -> Any:
     if text.startswith("@"):
         text = Path(text[1:]).read_text()
     try:
-        raw = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{key}: not valid JSON ({e})") from e
-    return _build(cls, raw, key)
+
+
+def load_section(cls: type, text: str, key: str) -> Any:
+    """Rebuild one section from the JSON a rule passed on the command line (or a file path)."""
+    return _build(cls, _section_raw(text, key), key)
 
 
 def resources(cfg: Config, stage: str) -> Resources:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mgsd import puzzles
+from mgsd.config import EvaluateConfig as EvalConfig
 from mgsd.data import generate as data_generate
 from mgsd.data import records
 from mgsd.eval import evaluate
@@ -449,3 +450,21 @@ def test_score_reply_is_fast_on_huge_replies():
     t0 = time.perf_counter()
     check(inst, reply, {"parsed": False, "success": False})
     assert time.perf_counter() - t0 < 5.0
+
+
+def test_the_conditions_come_from_the_config_section_unless_given(tmp_path):
+    """The pipeline passes its conditions once, in the evaluate section; --conditions picks
+    others for one job; with neither (a section that does not name them, or none), image."""
+    base = ["--model", "m", "--data", "d.parquet"]
+
+    def chosen(*argv: str) -> list[str]:
+        args = evaluate.parse_args([*base, *argv])
+        return evaluate.conditions(args, evaluate.load_section(EvalConfig, args.config, "e"))
+
+    section = json.dumps({"conditions": ["text", "teacher"], "max_new_tokens": 8})
+    (tmp_path / "section.json").write_text(section)
+    assert chosen("--config", section) == ["text", "teacher"]
+    assert chosen("--config", f"@{tmp_path / 'section.json'}") == ["text", "teacher"]
+    assert chosen("--config", section, "--conditions", "image", "text") == ["image", "text"]
+    assert chosen("--config", json.dumps({"max_new_tokens": 8})) == ["image"]
+    assert chosen() == ["image"]

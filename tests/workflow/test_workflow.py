@@ -82,6 +82,15 @@ def test_dry_run_plans_every_stage(tmp_path):
     }, jobs
 
 
+def test_the_evaluate_jobs_take_their_conditions_from_the_config_alone(tmp_path):
+    proc = snakemake(tmp_path, "-n", "-p", "all", "--configfile", str(SMOKE))
+    blocks = job_blocks(proc, "evaluate")
+    assert len(blocks) == 9
+    for b in blocks:
+        command = b[b.index("Shell command:") :]
+        assert '"conditions":[' in command and "--conditions" not in command, command
+
+
 def test_bad_config_fails_before_any_job(tmp_path):
     bad = overlay(tmp_path, "bad.yaml", {"grounding": {"learning_rate": 1e-3}})
     proc = snakemake(tmp_path, "-n", "--configfile", str(SMOKE), str(bad), check=False)

@@ -25,13 +25,12 @@ rule evaluate:
         model=lambda wc: model_ref(CFG, wc.method),
         method=lambda wc: split_replicate(wc.method)[0],
         replicate=lambda wc: split_replicate(wc.method)[1],
-        conditions=" ".join(CFG.evaluate.conditions),
         style=CFG.backbone.prompt_style,
         out=lambda wc, output: os.path.dirname(os.path.dirname(output.records[0])),
     shell:
         "mgsd evaluate --model {params.model:q} --method {params.method}"
         " --replicate {params.replicate}"
-        " --data {input.data:q} --conditions {params.conditions} --config {params.cfg:q}"
+        " --data {input.data:q} --config {params.cfg:q}"
         " --prompt-style {params.style} --out-dir {params.out:q} > {log:q} 2>&1"
 
 

@@ -5,8 +5,11 @@ In the pipeline (every path given):
 
     mgsd evaluate --model results/default/models/mgsd/model --method mgsd \
         --data results/default/data/frozenlake/test.parquet results/default/data/maze/test.parquet \
-        --conditions image text image_oracle_state \
-        --config '{"max_new_tokens": 192, ...}' --out-dir results/default/eval/mgsd
+        --config '{"conditions": ["image", "text"], "max_new_tokens": 192, ...}' \
+        --out-dir results/default/eval/mgsd
+
+The conditions come from the section (`--conditions` picks others for one job; with neither,
+the task alone: image).
 
 On its own, any model folder or hub id on the public test sets (VSP FrozenLake and
 VisualPlanning MiniBehaviour from the benchmarks folder, Maze generated with VisualPlanning's
@@ -46,6 +49,7 @@ from mgsd.config import (
     TablesConfig,
     default_prompt_style,
     load_section,
+    section_keys,
 )
 from mgsd.data import records
 from mgsd.data.splits import public_test_rows
@@ -194,10 +198,21 @@ def load_test_sets(args: argparse.Namespace, cfg: EvaluateConfig) -> dict[str, l
     return out
 
 
+def conditions(args: argparse.Namespace, cfg: EvaluateConfig) -> list[str]:
+    """`--conditions` when given, else the evaluate section's when it names them (the
+    pipeline's jobs pass the whole section), else the task alone (image)."""
+    if args.conditions is not None:
+        return list(args.conditions)
+    if "conditions" in section_keys(args.config, "evaluate"):
+        return list(cfg.conditions)
+    return ["image"]
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         cfg = load_section(EvaluateConfig, args.config, "evaluate")
+        conds = conditions(args, cfg)
         by_source = load_test_sets(args, cfg)
         model, processor = load_model(args.model, trainable=False)
     except (ConfigError, records.RecordError, FileNotFoundError, OSError, ValueError) as e:
@@ -210,7 +225,7 @@ def main(argv: list[str]) -> int:
             print(f"mgsd evaluate: {source} has no instances", file=sys.stderr)
             return 1
         puzzle = insts[0].puzzle
-        for cond in args.conditions:
+        for cond in conds:
             with torch.inference_mode():
                 rows = evaluate(
                     model, processor, insts, args.method, cond, cfg, args.prompt_style,
