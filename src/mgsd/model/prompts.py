@@ -50,10 +50,6 @@ def _module(puzzle_name: str) -> Any:
     return puzzles.get(puzzle_name)
 
 
-def _wording(puzzle_name: str) -> Any:
-    return _module(puzzle_name).WORDING
-
-
 def _state(puzzle_name: str, state: Any) -> Any:
     """Accept a puzzle State or its canonical dict."""
     return _module(puzzle_name).from_dict(state) if isinstance(state, dict) else state
@@ -70,17 +66,17 @@ def _user(text: str, image: bool) -> list[dict]:
 def student_messages(puzzle_name: str, style: str) -> list[dict]:
     """Picture -> reply with state and plan (the task)."""
     _check_style(style)
-    _module(puzzle_name)
+    wording = _module(puzzle_name).WORDING
     if style == "compact":
         return _user(f"{puzzle_name}: picture. Reply: state, then plan.", image=True)
     text = "\n".join(
         [
-            f"The picture shows one instance of this puzzle. {_wording(puzzle_name).rules}",
-            _wording(puzzle_name).picture,
+            f"The picture shows one instance of this puzzle. {wording.rules}",
+            wording.picture,
             _COORDS,
-            _wording(puzzle_name).actions,
-            _wording(puzzle_name).state_format,
-            _wording(puzzle_name).answer_format,
+            wording.actions,
+            wording.state_format,
+            wording.answer_format,
             _REPLY_FORMAT,
         ]
     )
@@ -102,31 +98,31 @@ def symbolic_messages(
         lines.append("Reply: state, then plan.")
         return _user("\n".join(lines), image=False)
     lines = [
-        f"Here is one instance of this puzzle, written as text. {_wording(puzzle_name).rules}",
+        f"Here is one instance of this puzzle, written as text. {module.WORDING.rules}",
         _COORDS,
-        _wording(puzzle_name).actions,
-        _wording(puzzle_name).state_format,
+        module.WORDING.actions,
+        module.WORDING.state_format,
         "The state:",
         description,
     ]
     if hint is not None:
         lines.append(f"A reference shortest plan (use it): {hint}")
-    lines += [_wording(puzzle_name).answer_format, _REPLY_FORMAT]
+    lines += [module.WORDING.answer_format, _REPLY_FORMAT]
     return _user("\n".join(lines), image=False)
 
 
 def grounding_messages(puzzle_name: str, style: str) -> list[dict]:
     """Picture -> the state text alone (MGSD stage 1)."""
     _check_style(style)
-    _module(puzzle_name)
+    wording = _module(puzzle_name).WORDING
     if style == "compact":
         return _user(f"{puzzle_name}: picture. Reply: state.", image=True)
     text = "\n".join(
         [
-            f"The picture shows one instance of this puzzle. {_wording(puzzle_name).rules}",
-            _wording(puzzle_name).picture,
+            f"The picture shows one instance of this puzzle. {wording.rules}",
+            wording.picture,
             _COORDS,
-            _wording(puzzle_name).state_format,
+            wording.state_format,
             "Reply with the state in the state format and nothing else.",
         ]
     )
@@ -137,12 +133,12 @@ def perception_messages(puzzle_name: str, question: str, style: str) -> list[dic
     """Picture + one generic question about it (stage 0 of scratch backbones): the wording and
     the answer format are not the task's, as in an instruct model's general picture Q/A."""
     _check_style(style)
-    _module(puzzle_name)
+    wording = _module(puzzle_name).WORDING
     if style == "compact":
         return _user(f"{puzzle_name}: picture. Question: {question}", image=True)
     text = (
-        f"The picture shows one instance of this puzzle. {_wording(puzzle_name).rules}\n"
-        f"{_wording(puzzle_name).picture}\n{question} Answer in a few words."
+        f"The picture shows one instance of this puzzle. {wording.rules}\n"
+        f"{wording.picture}\n{question} Answer in a few words."
     )
     return _user(text, image=True)
 

@@ -53,7 +53,7 @@ WORDING = base.Wording(
         "State format, one item per line: 'size N', 'start r c', 'goal r c', and 'holes r c, "
         "r c, ...' listing every hole sorted ('holes none' when there is none)."
     ),
-    answer_format=("Answer format: the moves separated by spaces, e.g. <answer>R R D L</answer>."),
+    answer_format="Answer format: the moves separated by spaces, e.g. <answer>R R D L</answer>.",
 )
 
 TILES = "SFHG"

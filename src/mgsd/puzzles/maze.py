@@ -54,7 +54,7 @@ WORDING = base.Wording(
         "can leave it by, as letters in the order U D L R ('-' for none), cells separated by "
         "spaces."
     ),
-    answer_format=("Answer format: the moves separated by spaces, e.g. <answer>R R D L</answer>."),
+    answer_format="Answer format: the moves separated by spaces, e.g. <answer>R R D L</answer>.",
 )
 
 SIDES = {"U": "north", "D": "south", "L": "west", "R": "east"}
