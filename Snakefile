@@ -20,6 +20,7 @@ from mgsd.workflow import (
     PREMISE_CONDITIONS,
     REPLICATE,
     REPORT_CONFIGS,
+    RL_INITS,
     SELECT_ON,
     SFT_INITS,
     SWEPT_DISTILL,
@@ -83,6 +84,7 @@ onstart:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/distill.smk"
+include: "workflow/rules/rl.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 

@@ -28,6 +28,7 @@ STAGES = {
         "supervised stages: symbolic_pretrain, grounding, sft_direct, grounding_sft",
     ),
     "distill": ("mgsd.train.distill", "on-policy distillation from a symbolic teacher"),
+    "rl": ("mgsd.train.rl", "GRPO from the task reward (the RL baseline)"),
     "select": ("mgsd.train.select", "keep the sweep candidate with the best validation score"),
     "evaluate": (
         "mgsd.eval.evaluate",

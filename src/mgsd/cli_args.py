@@ -1,4 +1,4 @@
-"""The command lines of the stages whose modules load torch (train-sft, distill, evaluate,
+"""The command lines of the stages whose modules load torch (train-sft, distill, rl, evaluate,
 select), built without it: `mgsd <stage> --help` and a mistyped option answer at once, before
 the stage's module is imported. Each stage parses its arguments with the parser made here; the
 help's description is the stage module's docstring, read from its source.
@@ -27,7 +27,7 @@ def _parser(prog: str, module: str) -> argparse.ArgumentParser:
 
 
 def _training_outputs(ap: argparse.ArgumentParser) -> None:
-    """The prompt style and the outputs that train-sft and distill share."""
+    """The prompt style and the outputs that the training stages share."""
     ap.add_argument(
         "--prompt-style", dest="style", default="compact", choices=("compact", "instruct")
     )
@@ -71,6 +71,25 @@ def distill() -> argparse.ArgumentParser:
     ap.add_argument("--train", required=True, nargs="+", help="training Parquet files")
     ap.add_argument("--val", required=True, nargs="+", help="validation Parquet files")
     ap.add_argument("--config", required=True, help="the distill section as JSON (or @file)")
+    _training_outputs(ap)
+    return ap
+
+
+def rl() -> argparse.ArgumentParser:
+    ap = _parser("mgsd rl", "mgsd.train.rl")
+    ap.add_argument("--method", required=True, help="name of the method (logs and model card)")
+    ap.add_argument(
+        "--init", required=True, help="initial model folder or hub id (also the KL's reference)"
+    )
+    ap.add_argument(
+        "--seed-offset",
+        type=int,
+        default=0,
+        help="train with the config's seed + this (replicates of a method)",
+    )
+    ap.add_argument("--train", required=True, nargs="+", help="training Parquet files")
+    ap.add_argument("--val", required=True, nargs="+", help="validation Parquet files")
+    ap.add_argument("--config", required=True, help="the rl section as JSON (or @file)")
     _training_outputs(ap)
     return ap
 
@@ -145,4 +164,6 @@ def select() -> argparse.ArgumentParser:
     return ap
 
 
-PARSERS = {"train-sft": train_sft, "distill": distill, "evaluate": evaluate, "select": select}
+PARSERS = {
+    "train-sft": train_sft, "distill": distill, "rl": rl, "evaluate": evaluate, "select": select
+}  # fmt: skip

@@ -33,7 +33,11 @@ TASKS = (
     "student", "symbolic", "teacher", "grounding", "grounding_student", "oracle", "perception"
 )  # fmt: skip
 DISTILL_METHODS = ("opd_only", "mgsd", "mgsd_no_plan", "mgsd_full_kl", "mgsd_teacher_grounded")
-METHODS = ("base", "symbolic", "sft_direct", "grounding", "grounding_sft", *DISTILL_METHODS)
+RL_METHODS = ("grpo_only", "grpo")
+METHODS = (
+    "base", "symbolic", "sft_direct", "grounding", "grounding_sft", *DISTILL_METHODS, *RL_METHODS
+)  # fmt: skip
+ON_POLICY_METHODS = (*DISTILL_METHODS, *RL_METHODS)
 LEVEL_RANGE = {"frozenlake": (2, 12), "maze": (2, 12), "minibehaviour": (4, 12)}
 BENCHMARK_SOURCES = {"frozenlake": "vsp", "minibehaviour": "vprl"}
 
@@ -246,8 +250,8 @@ class TrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DistillConfig:
-    """On-policy distillation (MGSD stage 2), shared by every distillation method."""
+class OnPolicyConfig:
+    """What every on-policy stage (distillation, RL) shares: sampling, optimiser, checkpoints."""
 
     steps: int = _f(help="optimizer steps; the budget is steps x batch_size x samples", ge=1)
     batch_size: int = _f(help="prompts per step (global)", ge=1)
@@ -265,6 +269,25 @@ class DistillConfig:
     clip_high: float = _f(
         0.2, help="PPO clip of the importance ratio, above 1 (1 + clip_high)", gt=0
     )
+    train_vision: bool = _f(True, help="train the vision tower too")
+    compile: bool = _compile_field()
+    eval_every: int = _f(0, help="greedy validation every K steps (0: only at the end)", ge=0)
+    val_instances: int = _f(16, help="validation instances for greedy success", ge=0)
+    checkpoint_every: int = _f(50, help="resumable checkpoint every K steps (0: never)", ge=0)
+    keep_checkpoints: bool = _f(
+        False,
+        help="keep the resumable checkpoints after the final model is written (they hold the "
+        "optimizer state: about 96 GB for a 4B model under full fine-tuning)",
+    )
+    log_with: tuple[Tracker, ...] = _log_with_field()
+    log_every: int = _f(1, help="log every K steps", ge=1)
+    seed: int = _f(0, help="seed of batch order and sampling", ge=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig(OnPolicyConfig):
+    """On-policy distillation (MGSD stage 2), shared by every distillation method."""
+
     dual_clip: float = _f(
         0.0,
         help="dual-clip PPO: the loss of a negative advantage A is at most -dual_clip x A "
@@ -285,23 +308,46 @@ class DistillConfig:
     forward_kl_top_k: int = _f(
         16, help="tokens of the teacher's top-k in the forward-KL term", ge=1
     )
-    train_vision: bool = _f(True, help="train the vision tower too")
-    compile: bool = _compile_field()
     teacher_offload: bool = _f(False, help="keep the teacher on the CPU between steps")
     reward_weight: float = _f(
         0.0, help="weight of the task reward in the advantage (0: logged only)", ge=0
     )
-    eval_every: int = _f(0, help="greedy validation every K steps (0: only at the end)", ge=0)
-    val_instances: int = _f(16, help="validation instances for greedy success", ge=0)
-    checkpoint_every: int = _f(50, help="resumable checkpoint every K steps (0: never)", ge=0)
-    keep_checkpoints: bool = _f(
-        False,
-        help="keep the resumable checkpoints after the final model is written (they hold the "
-        "optimizer state: about 96 GB for a 4B model under full fine-tuning)",
+
+
+@dataclass(frozen=True, kw_only=True)
+class RLConfig(OnPolicyConfig):
+    """GRPO from the task reward (methods grpo and grpo_only): the budget in sampled replies is
+    steps x batch_size x samples_per_prompt, as in distillation."""
+
+    samples_per_prompt: int = _f(
+        8, help="replies per prompt: the group whose rewards set each other's advantage", ge=2
     )
-    log_with: tuple[Tracker, ...] = _log_with_field()
-    log_every: int = _f(1, help="log every K steps", ge=1)
-    seed: int = _f(0, help="seed of batch order and sampling", ge=0)
+    updates_per_batch: int = _f(
+        1,
+        help="optimizer steps on each batch of samples (1: on-policy, the ratio is 1 and the "
+        "clip never bites; more: the PPO ratio against the sampling policy, clipped)",
+        ge=1,
+    )
+    kl_weight: float = _f(
+        0.0,
+        help="weight of the KL to the initial policy (k3 estimator on the samples; 0: off, and "
+        "no reference model is loaded)",
+        ge=0,
+    )
+    success_reward: float = _f(1.0, help="reward of a plan that reaches the goal", ge=0)
+    progress_reward: float = _f(
+        1.0,
+        help="weight of the plan's progress rate (VisualPlanning's progress reward: the share "
+        "of the optimal plan's length made good before the first mistake)",
+        ge=0,
+    )
+    unparsed_penalty: float = _f(1.0, help="subtracted for a reply with no readable plan", ge=0)
+    illegal_penalty: float = _f(
+        0.5,
+        help="subtracted for a plan with an illegal action (hole, wall, off the grid, ...)",
+        ge=0,
+    )
+    advantage_eps: float = _f(1e-4, help="added to the group's reward std before dividing", gt=0)
 
 
 # ---------------------------------------------------------------- evaluation and report
@@ -377,8 +423,8 @@ class ExternalModel:
 
 
 STAGES = (
-    "data", "symbolic_pretrain", "grounding", "sft_direct", "grounding_sft", "distill", "evaluate",
-    "report",
+    "data", "symbolic_pretrain", "grounding", "sft_direct", "grounding_sft", "distill", "rl",
+    "evaluate", "report",
 )  # fmt: skip
 SFT_SECTIONS = ("symbolic_pretrain", "grounding", "sft_direct", "grounding_sft")
 
@@ -397,6 +443,11 @@ class Config:
         "distill's example budget); needed when methods has grounding_sft",
     )
     distill: DistillConfig = _f(help="MGSD stage 2: on-policy distillation")
+    rl: RLConfig | None = _f(
+        None,
+        help="GRPO from the task reward (grpo: from grounding, in place of distillation; "
+        "grpo_only: from the base); needed when methods has grpo or grpo_only",
+    )
     evaluate: EvaluateConfig = _f(EvaluateConfig(), help="evaluation")
     tables: TablesConfig = _f(TablesConfig(), help="tables")
     plots: PlotsConfig = _f(PlotsConfig(), help="figures")
@@ -417,8 +468,8 @@ class Config:
     )
     replicates: dict[str, int] = _f(
         {},
-        help="distillation methods run with this many seeds in all (distill.seed, +1, ...), "
-        "e.g. {mgsd: 3}; tables report the spread across seeds",
+        help="distillation and RL methods run with this many seeds in all (their section's "
+        "seed, +1, ...), e.g. {mgsd: 3}; tables report the spread across seeds",
     )
     results_dir: str = _f("results", help="root folder of all runs")
 
@@ -620,9 +671,10 @@ def _check_config(c: Config) -> None:
         raise ConfigError(f"distill.dual_clip: {c.distill.dual_clip} must be 0 (off) or > 1")
     _check_sweep(c)
     for m, n in c.replicates.items():
-        if m not in DISTILL_METHODS:
+        if m not in ON_POLICY_METHODS:
             raise ConfigError(
-                f"unknown key replicates.{m} (distillation methods: {', '.join(DISTILL_METHODS)})"
+                f"unknown key replicates.{m} (distillation and RL methods: "
+                f"{', '.join(ON_POLICY_METHODS)})"
             )
         if n < 1:
             raise ConfigError(f"replicates.{m}: {n} is below the minimum 1")
@@ -630,6 +682,9 @@ def _check_config(c: Config) -> None:
             raise ConfigError(f"replicates.{m}: {m} is not in methods")
     if "grounding_sft" in c.methods and c.grounding_sft is None:
         raise ConfigError("methods: grounding_sft needs a grounding_sft section")
+    for m in RL_METHODS:
+        if m in c.methods and c.rl is None:
+            raise ConfigError(f"methods: {m} needs an rl section")
     for stage in SFT_SECTIONS:
         t: TrainConfig | None = getattr(c, stage)
         if t is None:

@@ -60,6 +60,8 @@ DISTILL_SETUPS = {
     "mgsd_full_kl": ("grounding", "base", True, "full_reverse_kl"),
     "mgsd_teacher_grounded": ("grounding", "grounding", True, "sampled_reverse_kl"),
 }
+# RL methods (GRPO from the task reward) and the model each starts from (also its KL reference).
+RL_INITS = {"grpo": "grounding", "grpo_only": "base"}
 # Supervised methods and the model each starts from (its stage is its config section).
 SFT_INITS = {"grounding": "base", "sft_direct": "base", "grounding_sft": "grounding"}
 TABLES = (
@@ -168,6 +170,8 @@ def trained_models(cfg: Config) -> list[str]:
             deps = ["base", init, teacher, m]
         elif m in SFT_INITS:
             deps = ["base", SFT_INITS[m], m]
+        elif m in RL_INITS:
+            deps = ["base", RL_INITS[m], m]
         else:
             deps = ["base", m]
         need += [d for d in deps if d not in need]
@@ -258,7 +262,7 @@ def train_logs(cfg: Config, every_run: bool = False) -> list[str]:
     if every_run:
         logs += [f"{cfg.root}/models/{m}/train_log.jsonl" for m in replicate_models(cfg)]
         for m in models:
-            stage = "distill" if m in DISTILL_SETUPS else m
+            stage = "distill" if m in DISTILL_SETUPS else "rl" if m in RL_INITS else m
             if swept(cfg, stage) and (stage != "distill" or m == SWEPT_DISTILL):
                 logs += [
                     f"{cfg.root}/models/{m}/sweep/{c}/train_log.jsonl"

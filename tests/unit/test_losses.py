@@ -11,6 +11,9 @@ from mgsd.train.losses import (
     advantages,
     forward_kl_topk_loss,
     full_reverse_kl_loss,
+    group_advantages,
+    grpo_loss,
+    k3_kl,
     sampled_reverse_kl_loss,
     sft_loss,
     token_logprobs,
@@ -383,3 +386,72 @@ def test_dead_mass_and_restrict():
     assert torch.softmax(restricted, -1)[:, 2].tolist() == [0.0, 0.0]
     assert torch.softmax(restricted, -1)[0, 0].item() == pytest.approx(0.5 / 0.7)
     assert support.dead_mass(logits_BV, torch.ones(3, dtype=torch.bool)).tolist() == [0.0, 0.0]
+
+
+# ---------------------------------------------------------------- GRPO
+
+
+def test_group_advantages_have_mean_zero_unit_std_and_zero_for_equal_groups():
+    r = torch.tensor([1.0, 0.0, 0.0, 3.0, 2.0, 2.0, 2.0, 2.0, -1.0, 0.5, 0.5, 4.0], dtype=D)
+    a = group_advantages(r, 4, eps=1e-12).view(3, 4)
+    live = a[[0, 2]]
+    assert torch.allclose(live.mean(1), torch.zeros(2, dtype=D), atol=1e-12)
+    assert torch.allclose(live.std(1, unbiased=False), torch.ones(2, dtype=D), atol=1e-9)
+    assert torch.equal(a[1], torch.zeros(4, dtype=D))  # equal rewards: nothing to learn
+    # by hand: group 0 is 1, 0, 0, 3 (mean 1, population std sqrt(1.5))
+    assert a[0].tolist() == pytest.approx([0.0, -1 / 1.5**0.5, -1 / 1.5**0.5, 2 / 1.5**0.5])
+    # the same rewards in another grouping are other advantages: the group is the prompt's
+    assert not torch.allclose(group_advantages(r, 6), group_advantages(r, 4))
+    with pytest.raises(ValueError, match="groups of 5"):
+        group_advantages(r, 5)
+
+
+def test_k3_is_the_unbiased_nonnegative_kl_estimate():
+    p_V = torch.softmax(_logits(7, seed=3), -1)
+    q_V = torch.softmax(_logits(7, seed=4), -1)
+    logp_V, logq_V = p_V.log(), q_V.log()
+    # E_{y ~ p}[k3(y)] = KL(p || q), every term >= 0, 0 where the two agree
+    k3_V = k3_kl(logp_V[None], logq_V[None], torch.ones(1, 7, dtype=torch.bool))[0]
+    assert (k3_V >= 0).all()
+    assert (p_V * k3_V).sum().item() == pytest.approx((p_V * (logp_V - logq_V)).sum().item())
+    same = k3_kl(logp_V[None], logp_V[None], torch.ones(1, 7, dtype=torch.bool))
+    assert torch.equal(same, torch.zeros_like(same))
+    # masked positions are 0 whatever they hold
+    off = k3_kl(torch.full((1, 2), float("nan"), dtype=D), torch.zeros(1, 2, dtype=D),
+                torch.tensor([[False, False]]))  # fmt: skip
+    assert torch.equal(off, torch.zeros(1, 2, dtype=D))
+
+
+def test_grpo_loss_at_ratio_one_is_the_token_mean_of_minus_the_advantage():
+    logp_BT = (-torch.rand(3, 5, generator=_gen(1), dtype=D)).requires_grad_()
+    mask_BT = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    adv_B = torch.tensor([1.0, -0.5, 2.0], dtype=D)
+    loss, st = grpo_loss(logp_BT, logp_BT.detach(), adv_B, mask_BT)
+    # 3 tokens of +1, 5 of -0.5, 1 of +2: a reply's weight is its length (token mean)
+    assert loss.item() == pytest.approx(-(3 * 1.0 + 5 * -0.5 + 2.0) / 9)
+    assert st["tokens"] == 9 and st["clip_frac"] == 0 and "kl" not in st
+    loss.backward()
+    want = torch.where(mask_BT, -adv_B[:, None] / 9, 0).expand(3, 5)
+    assert torch.allclose(logp_BT.grad, want)
+
+
+def test_grpo_clip_and_kl_term():
+    old_BT = torch.zeros(1, 2, dtype=D)
+    logp_BT = torch.tensor([[0.5, -0.5]], dtype=D, requires_grad=True)  # ratios e^0.5, e^-0.5
+    mask_BT = torch.ones(1, 2, dtype=torch.bool)
+    loss, st = grpo_loss(logp_BT, old_BT, torch.tensor([1.0], dtype=D), mask_BT, 0.2, 0.2)
+    # A > 0: token 0 is past 1 + 0.2 (clipped, no gradient), token 1 below 1 - 0.2 (not clipped)
+    assert st["clip_frac"] == 0.5
+    assert loss.item() == pytest.approx(-(1.2 + math.exp(-0.5)) / 2)
+    loss.backward()
+    assert logp_BT.grad[0, 0] == 0 and logp_BT.grad[0, 1] != 0
+    ref_BT = torch.tensor([[0.1, -0.2]], dtype=D)
+    with_kl, st_kl = grpo_loss(
+        logp_BT, old_BT, torch.tensor([1.0], dtype=D), mask_BT, 0.2, 0.2,
+        ref_logprobs_BT=ref_BT, kl_weight=0.3,
+    )  # fmt: skip
+    kl = k3_kl(logp_BT, ref_BT, mask_BT).mean().item()
+    assert st_kl["kl"] == pytest.approx(kl) and kl > 0
+    assert with_kl.item() == pytest.approx(loss.item() + 0.3 * kl)
+    with pytest.raises(ValueError, match="needs ref_logprobs_BT"):
+        grpo_loss(logp_BT, old_BT, torch.tensor([1.0], dtype=D), mask_BT, kl_weight=0.1)

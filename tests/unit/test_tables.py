@@ -332,7 +332,7 @@ def test_training_table_flags_unhealthy_distillation_runs(tmp_path):
     assert row(t, model="grounding")["val_student"] == 50.0
     md = (tmp_path / "t" / "training.md").read_text()
     assert "opd_only/c1: dead mass 1, own log-prob -7.50, parse rate fell" in md
-    assert "| mgsd | distillation | 10 | 1.700 -> 1.200 |" in md and "success 40.0" in md
+    assert "| mgsd | distillation | 10 | KL 1.700 -> 1.200 |" in md and "success 40.0" in md
 
 
 METHOD_TABLES = ("main", "per_level", "ablations", "modality_gap", "perception", "errors")

@@ -21,7 +21,14 @@ import pytest
 from test_workflow import REPO, SMOKE, overlay, planned_jobs, snakemake  # same folder
 
 from mgsd.config import Config, load_file
-from mgsd.workflow import DISTILL_SETUPS, eval_files, evaluated_models, report_files, train_logs
+from mgsd.workflow import (
+    DISTILL_SETUPS,
+    RL_INITS,
+    eval_files,
+    evaluated_models,
+    report_files,
+    train_logs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +40,7 @@ CORES = 2
 CFG = load_file(REPO / "pipeline_config.yaml", SMOKE)
 EVAL_JOBS = len(evaluated_models(CFG))  # one per trained model
 DISTILL_JOBS = sum(m in CFG.methods for m in DISTILL_SETUPS)
+RL_JOBS = sum(m in CFG.methods for m in RL_INITS)
 REPORTS = {"tables": 1, "plots": 1, "all": 1}
 # two external models, the same random scratch folder under each prompt style: 3 jobs in all
 EXTERNAL = {
@@ -147,6 +155,11 @@ def test_complete_tree_plans_nothing(tree, tmp_path):
             {"distill": {"lr": 1e-3}},
             {"distill": DISTILL_JOBS, "evaluate": DISTILL_JOBS, **REPORTS},
             id="distill-option",
+        ),
+        pytest.param(
+            {"rl": {"illegal_penalty": 0.25}},
+            {"rl": RL_JOBS, "evaluate": RL_JOBS, **REPORTS},
+            id="rl-option",
         ),
         pytest.param(
             {"external_models": {"ext_compact": {"prompt_style": "instruct"}}},

@@ -64,7 +64,7 @@ def test_lint_is_clean(tmp_path):
 
 def test_dry_run_plans_every_stage(tmp_path):
     jobs = planned_jobs(snakemake(tmp_path, "-n", "all", "--configfile", str(SMOKE)))
-    # 3 puzzles x 3 splits; 9 evaluated models (symbolic is the base model given text), and
+    # 3 puzzles x 3 splits; 11 evaluated models (symbolic is the base model given text), and
     # the base model on the validation split (the premise)
     assert jobs == {
         "data_split": 9,
@@ -74,7 +74,8 @@ def test_dry_run_plans_every_stage(tmp_path):
         "sft_direct": 1,
         "grounding_sft": 1,
         "distill": 5,
-        "evaluate": 9,
+        "rl": 2,
+        "evaluate": 11,
         "premise_eval": 1,
         "tables": 1,
         "plots": 1,
@@ -85,7 +86,7 @@ def test_dry_run_plans_every_stage(tmp_path):
 def test_the_evaluate_jobs_take_their_conditions_from_the_config_alone(tmp_path):
     proc = snakemake(tmp_path, "-n", "-p", "all", "--configfile", str(SMOKE))
     blocks = job_blocks(proc, "evaluate")
-    assert len(blocks) == 9
+    assert len(blocks) == 11
     for b in blocks:
         command = b[b.index("Shell command:") :]
         assert '"conditions":[' in command and "--conditions" not in command, command
@@ -158,7 +159,7 @@ def test_sweeps_and_replicates_plan_candidates_a_choice_and_seeds(tmp_path):
         "sweep.yaml",
         {
             "sweep": {"grounding": {"lr": [1e-3, 2e-3]}, "distill": {"lr": [1e-4, 3e-4, 1e-3]}},
-            "replicates": {"mgsd": 3},
+            "replicates": {"mgsd": 3, "grpo": 2},
         },
     )
     proc = snakemake(tmp_path, "-n", "-p", "all", "--configfile", str(SMOKE), str(over))
@@ -166,7 +167,8 @@ def test_sweeps_and_replicates_plan_candidates_a_choice_and_seeds(tmp_path):
     assert jobs["grounding_candidate"] == 2 and jobs["grounding_select"] == 1
     # mgsd is tuned; its 4 ablations and 2 replicates train with its chosen settings
     assert jobs["distill_candidate"] == 3 and jobs["distill_select"] == 1
-    assert jobs["distill"] == 6 and jobs["evaluate"] == 11  # + mgsd-seed1, mgsd-seed2
+    assert jobs["distill"] == 6 and jobs["rl"] == 3  # + mgsd-seed1, mgsd-seed2; grpo-seed1
+    assert jobs["evaluate"] == 14
     assert "grounding" not in jobs and "sft_direct" in jobs
     commands = [  # training jobs exec the trainer: read them without the "exec "
         line.split("Shell command: ", 1)[1].removeprefix("exec ")
@@ -176,6 +178,10 @@ def test_sweeps_and_replicates_plan_candidates_a_choice_and_seeds(tmp_path):
     seed2 = next(c for c in commands if "distill --method mgsd " in c and "mgsd-seed2/model" in c)
     assert "--config @results/smoke/models/mgsd/config.json" in seed2
     assert "--seed-offset 2" in seed2 and "--init results/smoke/models/grounding/model" in seed2
+    rl_seed = next(c for c in commands if "rl --method grpo " in c and "grpo-seed1/model" in c)
+    assert "--seed-offset 1" in rl_seed and "--init results/smoke/models/grounding/model" in rl_seed
+    rl_base = next(c for c in commands if "rl --method grpo_only " in c)
+    assert "--init results/smoke/models/base/model" in rl_base and "--seed-offset 0" in rl_base
     ablation = next(c for c in commands if "distill --method mgsd_no_plan " in c)
     assert "--config @results/smoke/models/mgsd/config.json --seed-offset 0" in ablation
     candidate = next(c for c in commands if "models/mgsd/sweep/c2/model" in c)
@@ -224,9 +230,11 @@ def test_training_jobs_exec_the_trainer_and_publish_the_log_themselves(tmp_path)
     commands = [
         line.split("Shell command: ", 1)[1]
         for line in proc.stdout.splitlines()
-        if "Shell command: " in line and (" train-sft " in line or " distill " in line)
+        if "Shell command: " in line
+        and any(f" {s} " in line for s in ("train-sft", "distill", "rl"))
     ]
-    assert len(commands) == 9  # base, grounding, sft_direct, grounding_sft, 5 distillations
+    # base, grounding, sft_direct, grounding_sft, 5 distillations, 2 RL runs
+    assert len(commands) == 11
     for c in commands:
         assert c.startswith("exec mgsd ") and "--final-log results/smoke/models/" in c, c
         assert "&&" not in c and " cp " not in c, c
@@ -292,7 +300,7 @@ def test_list_rules_explains_every_rule(tmp_path):
                                                       "distill": {"lr": [1e-4, 3e-4]}}})  # fmt: skip
     proc = snakemake(tmp_path, "--list-rules", "--configfile", str(SMOKE), str(over))
     rules = [line for line in proc.stdout.splitlines() if line and not line.startswith("Config")]
-    assert len(rules) == 18, rules  # every rule, the sweep's candidate and select rules too
+    assert len(rules) == 19, rules  # every rule, the sweep's candidate and select rules too
     for line in rules:
         name, _, doc = line.partition(" (")
         assert len(doc) > 30 and doc.endswith(".)"), line
@@ -340,7 +348,7 @@ def test_external_models_get_one_gpu_evaluation_job_per_condition(tmp_path):
     )
     proc = snakemake(tmp_path, "-n", "-p", "all", "--configfile", str(SMOKE), str(ext))
     assert planned_jobs(proc)["evaluate_external"] == 5
-    assert planned_jobs(proc)["evaluate"] == 9  # as without external models
+    assert planned_jobs(proc)["evaluate"] == 11  # as without external models
     blocks = job_blocks(proc, "evaluate_external")
     assert len(blocks) == 5
     seen = set()

@@ -13,7 +13,9 @@ Writes <out>/<name>.<format> for every name in `FIGURES` and every configured fo
 - error_decomposition: per method, perception and planning errors stacked, as a share of all
   test instances (image input), one panel per puzzle and one for the macro average.
 - training_curves: SFT losses (train solid, validation dashed), distillation reverse KL, the
-  teacher's and the student's log-probs of the student's samples, validation success.
+  teacher's and the student's log-probs of the student's samples, validation success, and for
+  the on-policy runs (distillation solid, RL dotted) the samples' parse rate, dead mass and
+  success, and RL's mean reward.
 
 External models (config `external_models`) appear in the first three figures like any method,
 labelled "<name> (external)" and drawn in their own style (`mgsd.report.style`).
@@ -21,7 +23,7 @@ labelled "<name> (external)" and drawn in their own style (`mgsd.report.style`).
 Error bars are percentile-bootstrap intervals with the tables' defaults (`TablesConfig()`: 95%,
 1000 resamples, seed 0), since the plots section has no bootstrap settings. A training log's
 method is its folder's name (models/<method>/train_log.jsonl); a log holds SFT curves unless it
-has `distill/` keys, so the SFT-loss panel leaves out the surrogate loss of distillation runs.
+has `distill/` or `rl/` keys, so the SFT-loss panel leaves out the on-policy runs.
 A panel without data still appears and says "no data". Figures are drawn with the Agg canvas
 (no pyplot, no display) and written atomically.
 """
@@ -88,17 +90,25 @@ PANELS = (
     ),
     ("Validation success", "success rate (%)", [("val/success", "-", "greedy")]),
     (
-        "Distillation: samples that parse",
+        "On-policy: samples that parse",
         "parse rate (%)",
-        [("distill/parse_rate", "-", "sampled replies")],
+        [("distill/parse_rate", "-", "distillation"), ("rl/parse_rate", ":", "RL")],
     ),
     (
-        "Distillation: mass on ids never sampled",
+        "On-policy: mass on ids never sampled",
         "dead mass (probability)",
-        [("distill/dead_mass", "-", "raw student")],
+        [("distill/dead_mass", "-", "distillation"), ("rl/dead_mass", ":", "RL")],
     ),
+    (
+        "On-policy: samples that succeed",
+        "success rate (%)",
+        [("distill/sample_success", "-", "distillation"), ("rl/success", ":", "RL")],
+    ),
+    ("RL: reward of the samples", "mean reward", [("rl/reward", ":", "RL")]),
 )
-PERCENT = ("val/success", "distill/parse_rate")  # logged as fractions, plotted in percent
+PERCENT = (
+    "val/success", "distill/parse_rate", "rl/parse_rate", "distill/sample_success", "rl/success"
+)  # fmt: skip  # logged as fractions, plotted in percent
 
 
 CONFIG_FILE = "plots_config.json"  # the section the figures were made with
@@ -279,8 +289,8 @@ def error_decomposition(df: pd.DataFrame) -> Figure:
     return fig
 
 
-def _is_distill(log: pd.DataFrame) -> bool:
-    return any(str(c).startswith("distill/") for c in log.columns)
+def _is_on_policy(log: pd.DataFrame) -> bool:
+    return any(str(c).startswith(("distill/", "rl/")) for c in log.columns)
 
 
 def _curve(ax, x: pd.Series, y: pd.Series, color: str, ls: str) -> None:
@@ -295,13 +305,13 @@ def _curve(ax, x: pd.Series, y: pd.Series, color: str, ls: str) -> None:
 
 
 def training_curves(logs: dict[str, pd.DataFrame]) -> Figure:
-    fig, axes = _new(3, 14.5, 6.4, nrows=2)
+    fig, axes = _new(4, 18.0, 6.4, nrows=2)
     fig.suptitle("Training curves")
     shown: list[str] = []
     for ax, (title, ylabel, keys) in zip(axes, PANELS, strict=True):
         drawn = set()
         for method, log in logs.items():
-            if title == "SFT loss" and _is_distill(log):
+            if title == "SFT loss" and _is_on_policy(log):
                 continue
             for key, ls, _ in keys:
                 if key not in log:

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOG = "train_log.jsonl"
-# what a stage's latest line is summed up by: supervised loss, or distillation's reverse KL
-LATEST = (("train/loss", "loss"), ("distill/reverse_kl", "KL"))
+# what a stage's latest line is summed up by: supervised loss, distillation's reverse KL, or RL's
+# mean reward
+LATEST = (("train/loss", "loss"), ("distill/reverse_kl", "KL"), ("rl/reward", "reward"))
 PACE_WINDOW = 20  # the latest steps the pace is measured on
 IDLE_AFTER_S = 600  # a live log that has not grown for this long (or 20 steps) is idle
 

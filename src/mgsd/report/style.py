@@ -44,8 +44,12 @@ METHOD_COLORS = {
     "mgsd_no_plan": OKABE_ITO["blue"],
     "mgsd_full_kl": OKABE_ITO["reddish_purple"],
     "mgsd_teacher_grounded": OKABE_ITO["yellow"],
+    "grpo_only": "#6B8E23",  # olive: RL from the base, beside opd_only's green
+    "grpo": "#8B4513",  # brown: RL in mgsd's place, near its vermillion
 }
-METHOD_MARKERS = dict(zip(METHODS, ("o", "*", "s", "^", "<", "v", "D", "P", "X", "h"), strict=True))
+METHOD_MARKERS = dict(
+    zip(METHODS, ("o", "*", "s", "^", "<", "v", "D", "P", "X", "h", "p", "d"), strict=True)
+)
 
 # Bars of one method under the three conditions: same colour, fading and hatched toward text.
 CONDITION_STYLES = {

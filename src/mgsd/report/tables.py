@@ -12,8 +12,8 @@ plus tables_config.json (the section used):
   when the evaluation already used that reading, `SR (strict parser)`), so that numbers compare
   with published ones and the inflation shows.
 - per_level: the same per puzzle and side N.
-- ablations: mgsd, its ablations, opd_only, grounding and the supervised comparisons
-  (grounding_sft, sft_direct), with paired deltas to mgsd.
+- ablations: mgsd, its ablations, opd_only, the RL baselines (grpo, grpo_only), grounding and
+  the supervised comparisons (grounding_sft, sft_direct), with paired deltas to mgsd.
 - modality_gap: per method SR under image, image_oracle_state and text; perception gap =
   oracle - image, remaining gap = text - oracle.
 - perception: per method and puzzle, state recovery accuracy per field and all-correct (image).
@@ -73,8 +73,8 @@ TABLES = (
 )  # fmt: skip
 FORMATS = ("csv", "md", "tex")
 ABLATIONS = (
-    "mgsd", "mgsd_no_plan", "mgsd_full_kl", "mgsd_teacher_grounded", "opd_only", "grounding",
-    "grounding_sft", "sft_direct",
+    "mgsd", "mgsd_no_plan", "mgsd_full_kl", "mgsd_teacher_grounded", "opd_only", "grpo",
+    "grpo_only", "grounding", "grounding_sft", "sft_direct",
 )  # fmt: skip
 GAPS = {
     "perception_gap": ("image_oracle_state", "image"),
@@ -442,6 +442,9 @@ def errors_table(df: pd.DataFrame, cfg: TablesConfig) -> Table:
 # at the end at least as often as at the start (means of the first and last `EDGE` steps)
 HEALTH = {"dead_mass": 1e-3, "student_logprob": -2.0}
 EDGE = 5
+# an on-policy run's kind, by the key that marks its log, and what its training signal is called
+ON_POLICY = {"distillation": "distill/reverse_kl", "RL": "rl/reward"}
+SIGNAL = {"distillation": "kl", "RL": "reward"}
 
 
 def training_table(logs: dict[str, pd.DataFrame], cfg: TablesConfig) -> Table:
@@ -459,17 +462,20 @@ def training_table(logs: dict[str, pd.DataFrame], cfg: TablesConfig) -> Table:
         val = {k.removeprefix("val/").removesuffix("/success"): v.iloc[-1] for k, v in final.items()
                if k.endswith("success") and len(v)}  # fmt: skip
         shown = ", ".join(f"{k} {pct(v)}" for k, v in val.items()) or NA
-        if "distill/reverse_kl" not in log:
-            record = {"model": name, "kind": "supervised", "steps": int(col(log, "step").max())}
+        kind = next((k for k, signal in ON_POLICY.items() if signal in log), "supervised")
+        if kind == "supervised":
+            record = {"model": name, "kind": kind, "steps": int(col(log, "step").max())}
             record.update({f"val_{k}": 100 * float(v) for k, v in val.items()})
-            rows.append([name, "supervised", str(record["steps"])] + [NA] * 5 + [shown])
+            rows.append([name, kind, str(record["steps"])] + [NA] * 5 + [shown])
             tidy.append(record)
             continue
-        kl, own = col(log, "distill/reverse_kl"), col(log, "distill/student_logprob")
-        dead, parse = col(log, "distill/dead_mass"), col(log, "distill/parse_rate")
+        ns = ON_POLICY[kind].split("/")[0]  # distill, rl
+        sig, own = col(log, ON_POLICY[kind]), col(log, f"{ns}/student_logprob")
+        dead, parse = col(log, f"{ns}/dead_mass"), col(log, f"{ns}/parse_rate")
         record = {
-            "model": name, "kind": "distillation", "steps": int(col(log, "step").max()),
-            "kl_first": kl.head(EDGE).mean(), "kl_last": kl.tail(EDGE).mean(),
+            "model": name, "kind": kind, "steps": int(col(log, "step").max()),
+            f"{SIGNAL[kind]}_first": sig.head(EDGE).mean(),
+            f"{SIGNAL[kind]}_last": sig.tail(EDGE).mean(),
             "student_logprob_min": own.min(), "dead_mass_max": dead.max() if len(dead) else None,
             "parse_first": 100 * parse.head(EDGE).mean(), "parse_last": 100 * parse.tail(EDGE).mean(),
         }  # fmt: skip
@@ -487,9 +493,10 @@ def training_table(logs: dict[str, pd.DataFrame], cfg: TablesConfig) -> Table:
         if problems:
             notes.append(f"{name}: " + ", ".join(problems))
         dead_text = NA if record["dead_mass_max"] is None else f"{record['dead_mass_max']:.1e}"
+        first, last = record[f"{SIGNAL[kind]}_first"], record[f"{SIGNAL[kind]}_last"]
         rows.append([
-            name, "distillation", str(record["steps"]),
-            f"{record['kl_first']:.3f} -> {record['kl_last']:.3f}",
+            name, kind, str(record["steps"]),
+            f"{SIGNAL[kind].replace('kl', 'KL')} {first:.3f} -> {last:.3f}",
             f"{record['student_logprob_min']:.2f}", dead_text,
             f"{record['parse_first']:.1f} -> {record['parse_last']:.1f}",
             "yes" if record["healthy"] else "NO", shown,
@@ -499,8 +506,8 @@ def training_table(logs: dict[str, pd.DataFrame], cfg: TablesConfig) -> Table:
         notes.append("no training logs given")
     return Table(
         "Training",
-        "Each training run. Distillation: reverse KL (nats/token, mean of the first and last "
-        f"{EDGE} steps), the lowest log-prob of the student's own samples (nats/token), the "
+        "Each training run. Distillation and RL: the training signal (reverse KL in nats/token, "
+        f"or RL's mean reward; mean of the first and last {EDGE} steps), the lowest log-prob of the student's own samples (nats/token), the "
         "largest mass the raw student put on ids it can never sample, the samples' parse rate "
         f"(percent, first and last {EDGE} steps), and whether the run is healthy (dead mass below "
         f"{HEALTH['dead_mass']:g} and own log-prob at least {HEALTH['student_logprob']:g} at every "
@@ -511,7 +518,7 @@ def training_table(logs: dict[str, pd.DataFrame], cfg: TablesConfig) -> Table:
             ("", "model"),
             ("", "kind"),
             ("", "steps"),
-            ("", "reverse KL"),
+            ("", "signal"),
             ("", "own log-prob min"),
             ("", "dead mass max"),
             ("", "parse rate"),

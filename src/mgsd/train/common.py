@@ -276,7 +276,8 @@ def start_trackers(names: Iterable[str], folder: Path, name: str, cfg: Any) -> l
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
 
     available = {str(t) for t in get_available_trackers()}
-    section = "distill" if isinstance(cfg, config.DistillConfig) else name  # its config key
+    # its config key: on-policy methods share their stage's section
+    section = {config.DistillConfig: "distill", config.RLConfig: "rl"}.get(type(cfg), name)
     trackers = []
     for tracker_name in names:
         if tracker_name not in available:

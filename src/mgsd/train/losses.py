@@ -92,12 +92,46 @@ def sampled_reverse_kl_loss(
     `teacher_logprobs_BT` when the advantage is not teacher - old (a reward, a baseline);
     otherwise the teacher is read back from A.
     """
+    m = mask_BT.bool()
+    loss_BT, clip_stats = clipped_policy_loss(
+        student_logprobs_BT, student_old_logprobs_BT, advantages_BT, m, clip_low, clip_high,
+        dual_clip,
+    )  # fmt: skip
+    loss = masked_mean(loss_BT, m)
+    with torch.no_grad():
+        old_BT = torch.where(m, student_old_logprobs_BT.detach(), 0)
+        a_BT = torch.where(m, advantages_BT.detach(), 0)
+        teacher_BT = old_BT + a_BT if teacher_logprobs_BT is None else teacher_logprobs_BT
+        stats = {
+            "reverse_kl": masked_mean(old_BT - teacher_BT, m).item(),
+            "teacher_logprob": masked_mean(teacher_BT, m).item(),
+            "student_logprob": masked_mean(old_BT, m).item(),
+            **clip_stats,
+        }
+    return loss, stats
+
+
+def clipped_policy_loss(
+    logprobs_BT: Tensor,
+    old_logprobs_BT: Tensor,
+    advantages_BT: Tensor,
+    mask_BT: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float | None = None,
+    dual_clip: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """Per-token PPO surrogate `-min(ratio A, clip(ratio, 1 - lo, 1 + hi) A)` (0 off the mask),
+    with `ratio = exp(logp - logp_old)`, and its stats `ratio_mean`, `clip_frac`, `tokens`.
+
+    Shared by distillation (A from the teacher) and RL (A from the group's rewards); see
+    `sampled_reverse_kl_loss` for the options.
+    """
     hi = clip_low if clip_high is None else clip_high
     if dual_clip and dual_clip <= 1:
         raise ValueError(f"dual_clip must be 0 (off) or > 1, got {dual_clip}")
     m = mask_BT.bool()
-    logp_BT = torch.where(m, student_logprobs_BT, 0)
-    old_BT = torch.where(m, student_old_logprobs_BT.detach(), 0)
+    logp_BT = torch.where(m, logprobs_BT, 0)
+    old_BT = torch.where(m, old_logprobs_BT.detach(), 0)
     a_BT = torch.where(m, advantages_BT.detach(), 0)
     ratio_BT = torch.exp(logp_BT - old_BT)
     clipped_BT = ratio_BT.clamp(1 - clip_low, 1 + hi)
@@ -106,19 +140,66 @@ def sampled_reverse_kl_loss(
     if dual_clip:
         dual_BT = (a_BT < 0) & (loss_BT > -dual_clip * a_BT)
         loss_BT = torch.where(dual_BT, -dual_clip * a_BT, loss_BT)
-    loss = masked_mean(loss_BT, m)
-
     with torch.no_grad():
-        teacher_BT = old_BT + a_BT if teacher_logprobs_BT is None else teacher_logprobs_BT
         cut_BT = ((ratio_BT > 1 + hi) & (a_BT > 0)) | ((ratio_BT < 1 - clip_low) & (a_BT < 0))
         stats = {
-            "reverse_kl": masked_mean(old_BT - teacher_BT, m).item(),
-            "teacher_logprob": masked_mean(teacher_BT, m).item(),
-            "student_logprob": masked_mean(old_BT, m).item(),
             "ratio_mean": masked_mean(ratio_BT, m).item(),
             "clip_frac": masked_mean((cut_BT | dual_BT).to(ratio_BT.dtype), m).item(),
             "tokens": float(m.sum().item()),
         }
+    return torch.where(m, loss_BT, 0), stats
+
+
+def group_advantages(reward_B: Tensor, group_size: int, eps: float = 1e-4) -> Tensor:
+    """GRPO's advantage of each reply: `(r - mean_g) / (std_g + eps)` within its group of
+    `group_size` consecutive replies to one prompt (std over the group, population form), so
+    every group has mean 0 and, unless all its rewards are equal (advantage 0: nothing to learn
+    from), std about 1."""
+    if reward_B.numel() % group_size:
+        raise ValueError(f"{reward_B.numel()} rewards are not groups of {group_size}")
+    r_GN = _f32(reward_B.detach()).view(-1, group_size)
+    centred_GN = r_GN - r_GN.mean(-1, keepdim=True)
+    return (centred_GN / (r_GN.std(-1, unbiased=False, keepdim=True) + eps)).flatten()
+
+
+def k3_kl(logprobs_BT: Tensor, ref_logprobs_BT: Tensor, mask_BT: Tensor) -> Tensor:
+    """Per-token KL(policy || reference) estimate on the policy's own samples, Schulman's k3:
+    `exp(ref - logp) - (ref - logp) - 1` (never negative, unbiased); 0 off the mask. The
+    gradient flows through `logprobs_BT`; the reference is detached."""
+    m = mask_BT.bool()
+    d_BT = torch.where(m, _f32(ref_logprobs_BT.detach()) - _f32(logprobs_BT), 0)
+    return torch.where(m, torch.exp(d_BT) - d_BT - 1, 0)
+
+
+def grpo_loss(
+    logprobs_BT: Tensor,
+    old_logprobs_BT: Tensor,
+    advantage_B: Tensor,
+    mask_BT: Tensor,
+    clip_low: float = 0.2,
+    clip_high: float | None = None,
+    *,
+    ref_logprobs_BT: Tensor | None = None,
+    kl_weight: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """GRPO: the clipped surrogate with each reply's advantage on all its tokens, plus
+    `kl_weight` x the k3 KL to a reference policy; token mean over the batch.
+
+    Stats: `policy_loss`, `kl` (when a reference is given), `ratio_mean`, `clip_frac`, `tokens`.
+    """
+    m = mask_BT.bool()
+    a_BT = advantage_B.detach()[:, None].expand(m.shape)
+    loss_BT, stats = clipped_policy_loss(logprobs_BT, old_logprobs_BT, a_BT, m, clip_low, clip_high)
+    policy = masked_mean(loss_BT, m)
+    loss = policy
+    stats = {"policy_loss": policy.item(), **stats}
+    if ref_logprobs_BT is not None:
+        kl = masked_mean(k3_kl(logprobs_BT, ref_logprobs_BT, m), m)
+        stats["kl"] = kl.item()
+        if kl_weight:
+            loss = loss + kl_weight * kl
+    elif kl_weight:
+        raise ValueError(f"kl_weight = {kl_weight} needs ref_logprobs_BT")
     return loss, stats
 
 
