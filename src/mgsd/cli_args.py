@@ -62,16 +62,7 @@ def distill() -> argparse.ArgumentParser:
         help="the teacher's prompt includes the reference plan (the paper's default)",
     )
     ap.add_argument("--loss", default="sampled_reverse_kl", choices=LOSSES)
-    ap.add_argument(
-        "--seed-offset",
-        type=int,
-        default=0,
-        help="train with the config's seed + this (replicates of a method)",
-    )
-    ap.add_argument("--train", required=True, nargs="+", help="training Parquet files")
-    ap.add_argument("--val", required=True, nargs="+", help="validation Parquet files")
-    ap.add_argument("--config", required=True, help="the distill section as JSON (or @file)")
-    _training_outputs(ap)
+    _on_policy_inputs(ap, "distill")
     return ap
 
 
@@ -81,6 +72,12 @@ def rl() -> argparse.ArgumentParser:
     ap.add_argument(
         "--init", required=True, help="initial model folder or hub id (also the KL's reference)"
     )
+    _on_policy_inputs(ap, "rl")
+    return ap
+
+
+def _on_policy_inputs(ap: argparse.ArgumentParser, section: str) -> None:
+    """The replicate's seed, the data, the config section and the outputs of distill and rl."""
     ap.add_argument(
         "--seed-offset",
         type=int,
@@ -89,9 +86,8 @@ def rl() -> argparse.ArgumentParser:
     )
     ap.add_argument("--train", required=True, nargs="+", help="training Parquet files")
     ap.add_argument("--val", required=True, nargs="+", help="validation Parquet files")
-    ap.add_argument("--config", required=True, help="the rl section as JSON (or @file)")
+    ap.add_argument("--config", required=True, help=f"the {section} section as JSON (or @file)")
     _training_outputs(ap)
-    return ap
 
 
 def evaluate() -> argparse.ArgumentParser:
