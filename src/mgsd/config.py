@@ -461,10 +461,11 @@ class Config:
     sweep: dict[str, dict[str, tuple[Any, ...]]] = _f(
         {},
         help="settings chosen on the validation split: per stage section (grounding, sft_direct, "
-        "grounding_sft, distill) the values to try of some of its keys, e.g. {distill: {lr: "
+        "grounding_sft, distill, rl) the values to try of some of its keys, e.g. {distill: {lr: "
         "[1e-5, 3e-5, 1e-4]}}; every combination is trained and the best validation success is "
         "kept (a distillation sweep tunes mgsd; its ablations and replicates train with mgsd's "
-        "choice). The test sets are never read.",
+        "choice; an rl sweep tunes grpo, and grpo_only and the replicates take its choice). The "
+        "test sets are never read.",
     )
     replicates: dict[str, int] = _f(
         {},
@@ -685,6 +686,8 @@ def _check_config(c: Config) -> None:
     for m in RL_METHODS:
         if m in c.methods and c.rl is None:
             raise ConfigError(f"methods: {m} needs an rl section")
+    if "rl" in c.sweep and "grpo" not in c.methods:
+        raise ConfigError("sweep.rl tunes grpo (grpo_only takes its choice): add grpo to methods")
     for stage in SFT_SECTIONS:
         t: TrainConfig | None = getattr(c, stage)
         if t is None:
@@ -727,7 +730,7 @@ def _check_external(name: str, ext: ExternalModel) -> None:
                 )
 
 
-SWEEPABLE = ("grounding", "sft_direct", "grounding_sft", "distill")
+SWEEPABLE = ("grounding", "sft_direct", "grounding_sft", "distill", "rl")
 
 
 def _check_sweep(c: Config) -> None:

@@ -85,6 +85,7 @@ SELECT_ON = {
     "sft_direct": "val/success",
     "grounding_sft": "val/success",
     "distill": "val/success",
+    "rl": "val/success",
 }
 
 
@@ -124,22 +125,26 @@ def distill_setup(name: str) -> tuple[str, str, bool, str]:
 
 
 # A distillation sweep tunes mgsd; its ablations (and every replicate) train with the settings
-# mgsd chose, so that each of them changes one thing only.
-SWEPT_DISTILL = "mgsd"
+# mgsd chose, so that each of them changes one thing only. An RL sweep tunes grpo the same way;
+# grpo_only and the replicates take its choice.
+SWEPT = {"distill": "mgsd", "rl": "grpo"}
+SWEPT_DISTILL, SWEPT_RL = SWEPT["distill"], SWEPT["rl"]
 
 
-def chosen_distill_config(cfg: Config, name: str) -> list[str]:
-    """The chosen-settings file a distillation job reads: mgsd's once its sweep has run (every
-    distillation job but mgsd's own candidates), else none."""
-    if swept(cfg, "distill") and name != SWEPT_DISTILL:
-        return [f"{cfg.root}/models/{SWEPT_DISTILL}/config.json"]
+def chosen_config(cfg: Config, stage: str, name: str) -> list[str]:
+    """The chosen-settings file an on-policy job of `stage` (distill, rl) reads: the swept
+    method's once its sweep has run (every job of the stage but the swept method's own
+    candidates), else none."""
+    if swept(cfg, stage) and name != SWEPT[stage]:
+        return [f"{cfg.root}/models/{SWEPT[stage]}/config.json"]
     return []
 
 
-def distill_config_arg(cfg: Config, name: str) -> str:
-    """What `mgsd distill --config` gets: the section JSON, or mgsd's chosen settings."""
-    chosen = chosen_distill_config(cfg, name)
-    return f"@{chosen[0]}" if chosen else section_json(cfg.distill)
+def config_arg(cfg: Config, stage: str, name: str) -> str:
+    """What `mgsd distill --config` or `mgsd rl --config` gets: the section JSON, or the swept
+    method's chosen settings."""
+    chosen = chosen_config(cfg, stage, name)
+    return f"@{chosen[0]}" if chosen else section_json(getattr(cfg, stage))
 
 
 def model_dir(cfg: Config, name: str) -> str:
@@ -263,7 +268,7 @@ def train_logs(cfg: Config, every_run: bool = False) -> list[str]:
         logs += [f"{cfg.root}/models/{m}/train_log.jsonl" for m in replicate_models(cfg)]
         for m in models:
             stage = "distill" if m in DISTILL_SETUPS else "rl" if m in RL_INITS else m
-            if swept(cfg, stage) and (stage != "distill" or m == SWEPT_DISTILL):
+            if swept(cfg, stage) and (stage not in SWEPT or m == SWEPT[stage]):
                 logs += [
                     f"{cfg.root}/models/{m}/sweep/{c}/train_log.jsonl"
                     for c in candidates(cfg, stage)

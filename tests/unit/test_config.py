@@ -127,6 +127,13 @@ def test_unreadable_and_malformed_files(tmp_path):
         ({"replicates": {"grounding": 2}}, "unknown key replicates.grounding"),
         ({"replicates": {"mgsd": 0}}, "replicates.mgsd: 0 is below the minimum 1"),
         ({"methods": ["base", "grounding_sft"], "grounding_sft": None}, "grounding_sft section"),
+        ({"sweep": {"rl": {"samples_per_prompt": [1]}}}, "sweep.rl.samples_per_prompt: 1 is below"),
+        (
+            {"methods": ["base", "grpo_only"], "sweep": {"rl": {"lr": [1e-5]}}},
+            "add grpo to methods",
+        ),
+        ({"methods": ["base", "grpo"], "rl": None}, "methods: grpo needs an rl section"),
+        ({"rl": {"samples_per_prompt": 1}}, "rl.samples_per_prompt: 1 is below the minimum 2"),
     ],
 )
 def test_mix_sweep_and_replicate_errors_name_the_key(over, message):

@@ -44,7 +44,7 @@ COMMAND = [sys.executable, "-m", "snakemake", "--profile", "slurm", "all", "--co
 COMMAND += [*PRESETS, *CI_OVERRIDES, "--workflow-profile", "none"]
 USER_VARIABLES = ("MGSD_SLURM_PARTITION", "MGSD_SLURM_ACCOUNT")
 GPU_RULES = frozenset(
-    {"symbolic_pretrain", "grounding", "sft_direct", "grounding_sft", "distill", "evaluate",
+    {"symbolic_pretrain", "grounding", "sft_direct", "grounding_sft", "distill", "rl", "evaluate",
      "premise_eval", "evaluate_external"}
 )  # fmt: skip
 # the config section whose resources a rule asks

@@ -17,9 +17,13 @@ pytestmark = pytest.mark.slow
 
 SWEEP = {
     "run": "sweep",
-    "methods": ["base", "symbolic", "grounding", "opd_only", "mgsd"],
-    "sweep": {"grounding": {"lr": [1e-3, 2e-3]}, "distill": {"lr": [1e-4, 3e-4]}},
-    "replicates": {"mgsd": 2},
+    "methods": ["base", "symbolic", "grounding", "opd_only", "mgsd", "grpo_only", "grpo"],
+    "sweep": {
+        "grounding": {"lr": [1e-3, 2e-3]},
+        "distill": {"lr": [1e-4, 3e-4]},
+        "rl": {"lr": [1e-4, 3e-4]},
+    },
+    "replicates": {"mgsd": 2, "grpo": 2},
 }
 
 
@@ -27,7 +31,11 @@ def test_sweep_selects_on_validation_and_replicates_train_with_the_choice(tmp_pa
     over = overlay(tmp_path, "sweep.yaml", SWEEP)
     snakemake(tmp_path, "all", "--configfile", str(SMOKE), str(over))
     root = tmp_path / "results" / "sweep"
-    for method, lrs in (("grounding", [1e-3, 2e-3]), ("mgsd", [1e-4, 3e-4])):
+    for method, lrs in (
+        ("grounding", [1e-3, 2e-3]),
+        ("mgsd", [1e-4, 3e-4]),
+        ("grpo", [1e-4, 3e-4]),
+    ):
         sweep = json.loads((root / "models" / method / "sweep.json").read_text())
         assert [c["settings"]["lr"] for c in sweep["candidates"]] == lrs
         scores = [c["score"] for c in sweep["candidates"]]
@@ -49,9 +57,16 @@ def test_sweep_selects_on_validation_and_replicates_train_with_the_choice(tmp_pa
     assert replicate["config"] == {**chosen, "seed": chosen["seed"] + 1}
     ablation = json.loads((root / "models/opd_only/model/mgsd_stage.json").read_text())
     assert ablation["config"] == chosen and not (root / "models/opd_only/sweep.json").exists()
+    # RL likewise: grpo is tuned, grpo_only and grpo's replicate take its choice
+    chosen = json.loads((root / "models" / "grpo" / "config.json").read_text())
+    replicate = json.loads((root / "models/grpo-seed1/model/mgsd_stage.json").read_text())
+    assert replicate["config"] == {**chosen, "seed": chosen["seed"] + 1}
+    assert replicate["init"] == "results/sweep/models/grounding/model"
+    from_base = json.loads((root / "models/grpo_only/model/mgsd_stage.json").read_text())
+    assert from_base["config"] == chosen and from_base["init"] == "results/sweep/models/base/model"
     records = pd.read_parquet(root / "eval" / "mgsd-seed1" / "maze" / "image.parquet")
     assert set(records["method"]) == {"mgsd"} and set(records["replicate"]) == {1}
     seeds = pd.read_csv(root / "tables" / "seeds.csv")
-    assert list(seeds["method"]) == ["mgsd"] and seeds["seeds"].tolist() == [2]
+    assert list(seeds["method"]) == ["mgsd", "grpo"] and seeds["seeds"].tolist() == [2, 2]
     main = pd.read_csv(root / "tables" / "main.csv")  # the first seed only
     assert main.groupby(["method", "puzzle"]).size().max() == 1

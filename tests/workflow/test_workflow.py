@@ -295,6 +295,35 @@ def test_every_file_of_the_report_jobs_is_declared(tmp_path):
         assert sorted(Path(f).name for f in job_outputs(proc, rule)) == sorted(names), rule
 
 
+def test_an_rl_sweep_tunes_grpo_and_the_others_take_its_choice(tmp_path):
+    over = overlay(
+        tmp_path,
+        "sweep.yaml",
+        {
+            "sweep": {"rl": {"lr": [1e-4, 1e-5], "kl_weight": [0.0, 0.01]}},
+            "replicates": {"grpo": 2},
+        },
+    )
+    proc = snakemake(tmp_path, "-n", "-p", "all", "--configfile", str(SMOKE), str(over))
+    jobs = planned_jobs(proc)
+    # grpo: 4 candidates and the choice; grpo_only and grpo-seed1 train with it
+    assert jobs["rl_candidate"] == 4 and jobs["rl_select"] == 1 and jobs["rl"] == 2, jobs
+    commands = [
+        line.split("Shell command: ", 1)[1].removeprefix("exec ")
+        for line in proc.stdout.splitlines()
+        if "Shell command: mgsd " in line or "Shell command: exec mgsd " in line
+    ]
+    chosen = "--config @results/smoke/models/grpo/config.json"
+    rl_base = next(c for c in commands if "rl --method grpo_only " in c)
+    assert chosen in rl_base and "--init results/smoke/models/base/model" in rl_base
+    seed1 = next(c for c in commands if "rl --method grpo " in c and "grpo-seed1/model" in c)
+    assert chosen in seed1 and "--seed-offset 1" in seed1
+    last = next(c for c in commands if "models/grpo/sweep/c3/model" in c)
+    assert '"lr":1e-05' in last and '"kl_weight":0.01' in last and chosen not in last
+    pick = next(c for c in commands if c.startswith("mgsd select") and "/grpo " in c + " ")
+    assert "--metric val/success" in pick and "--keys kl_weight lr" in pick
+
+
 def test_list_rules_explains_every_rule(tmp_path):
     over = overlay(tmp_path, "sweep.yaml", {"sweep": {"grounding": {"lr": [1e-3, 2e-3]},
                                                       "distill": {"lr": [1e-4, 3e-4]}}})  # fmt: skip

@@ -34,7 +34,7 @@ rule distill:
     """On-policy distillation of a method or a replicate from its symbolic teacher."""
     input:
         models=lambda wc: model_inputs(CFG, *distill_setup(wc.method)[:2]),
-        chosen=lambda wc: chosen_distill_config(CFG, wc.method),
+        chosen=lambda wc: chosen_config(CFG, "distill", wc.method),
         train=[data_file(CFG, p, "train") for p in CFG.data.puzzles],
         val=[data_file(CFG, p, "val") for p in CFG.data.puzzles],
     output:
@@ -58,7 +58,7 @@ rule distill:
         **gpu_resources(CFG, "distill"),
     params:
         **DISTILL_PARAMS,
-        cfg=lambda wc: distill_config_arg(CFG, wc.method),
+        cfg=lambda wc: config_arg(CFG, "distill", wc.method),
         seed_offset=lambda wc: split_replicate(wc.method)[1],
         work=lambda wc: f"{ROOT}/resume/{wc.method}",
     shell:
