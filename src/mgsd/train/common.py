@@ -34,8 +34,14 @@ from tqdm.auto import tqdm
 from mgsd import config
 from mgsd.data.records import RecordError
 from mgsd.io import atomic_copy, atomic_write_text
-from mgsd.model.load import ModelLoadError
-from mgsd.train.resume import CheckpointError, Optimizer, Scheduler, WorkDirBusy
+from mgsd.model.load import ModelLoadError, save_model
+from mgsd.train.resume import (
+    CheckpointError,
+    Optimizer,
+    Scheduler,
+    WorkDirBusy,
+    remove_checkpoints,
+)
 
 # bad input a stage reports in one line (exit 1) instead of a traceback
 INPUT_ERRORS = (
@@ -208,6 +214,20 @@ def publish_log(live: str | Path, final: str | Path | None) -> None:
     if final is None:
         return
     atomic_copy(live, final)
+
+
+def finish(acc, model, processor, args, card: dict, cfg, log: JsonlLogger) -> None:
+    """The end of a training run: the main process writes the final model with its card (and the
+    stage's config) and, unless they are kept, removes the checkpoints; once every process is
+    there, the log closes and the live log becomes the declared one."""
+    if acc.is_main_process:
+        save_model(model, processor, args.out, {**card, "config": config.to_dict(cfg)})
+        if not cfg.keep_checkpoints:  # the model is written: they can only fill the disk
+            remove_checkpoints(args.work)
+    acc.wait_for_everyone()
+    log.close()
+    if acc.is_main_process:
+        publish_log(args.log, args.final_log)
 
 
 # what a stage CLI reports in one line (exit 1) instead of a traceback

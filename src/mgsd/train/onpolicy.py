@@ -22,12 +22,12 @@ from typing import Any
 import torch
 
 from mgsd import puzzles
-from mgsd.config import ConfigError, OnPolicyConfig, load_section, to_dict
+from mgsd.config import ConfigError, OnPolicyConfig, load_section
 from mgsd.io import write_atomic_json
 from mgsd.model import support
 from mgsd.model.batching import ReplyLogits, collate_score, reply_logits
 from mgsd.model.generate import Generation, generate
-from mgsd.model.load import load_model, save_model
+from mgsd.model.load import load_model
 from mgsd.model.lora import compile_layers, freeze_vision
 from mgsd.model.tasks import (
     Example,
@@ -254,14 +254,8 @@ def train(args: argparse.Namespace, cfg: OnPolicyConfig, stage: Stage) -> dict:
     if acc.is_main_process:
         final = validate_student(raw, processor, val_set, args.style, cfg, acc.device)
         log.log(cfg.steps, final)
-        card = {"stage": stage.name, "method": args.method, "init": args.init, **stage.card}
-        save_model(raw, processor, args.out, {**card, "config": to_dict(cfg)})
-        if not cfg.keep_checkpoints:  # the model is written: they can only fill the disk
-            resume.remove_checkpoints(args.work)
-    acc.wait_for_everyone()
-    log.close()
-    if acc.is_main_process:
-        common.publish_log(args.log, args.final_log)
+    card = {"stage": stage.name, "method": args.method, "init": args.init, **stage.card}
+    common.finish(acc, raw, processor, args, card, cfg, log)
     return {
         "method": args.method,
         "steps": cfg.steps,

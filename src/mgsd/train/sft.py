@@ -32,11 +32,11 @@ import time
 import torch
 
 from mgsd import cli_args
-from mgsd.config import ConfigError, TrainConfig, load_section, to_dict
+from mgsd.config import ConfigError, TrainConfig, load_section
 from mgsd.io import write_atomic_json
 from mgsd.model.batching import collate_train, to_device
 from mgsd.model.generate import generate
-from mgsd.model.load import load_model, save_model
+from mgsd.model.load import load_model
 from mgsd.model.lora import apply_lora, compile_layers, freeze_vision, merge_lora
 from mgsd.model.tasks import (
     Mixture,
@@ -203,19 +203,8 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     if acc.is_main_process:
         final = validate(raw, processor, val_set, task, args.style, cfg, acc.device, also)
         log.log(cfg.steps, final)
-        out = merge_lora(raw) if cfg.finetune == "lora" else raw
-        save_model(
-            out,
-            processor,
-            args.out,
-            {"stage": args.stage, "init": args.init, "config": to_dict(cfg)},
-        )
-        if not cfg.keep_checkpoints:  # the model is written: they can only fill the disk
-            resume.remove_checkpoints(args.work)
-    acc.wait_for_everyone()
-    log.close()
-    if acc.is_main_process:
-        common.publish_log(args.log, args.final_log)
+    out = merge_lora(raw) if cfg.finetune == "lora" and acc.is_main_process else raw
+    common.finish(acc, out, processor, args, {"stage": args.stage, "init": args.init}, cfg, log)
     return {
         "stage": args.stage,
         "steps": cfg.steps,
