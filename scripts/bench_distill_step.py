@@ -6,7 +6,7 @@
 
 Phases (the loop's own functions; random weights, so the replies are noise of the right length):
 1. sampling: `mgsd.model.generate.generate` on the picture prompts at temperature 1, as
-   `distill.sample` calls it but with ``stop_at_answer=False`` and `--reply` new tokens. A row
+   `onpolicy.sample` calls it but with ``stop_at_answer=False`` and `--reply` new tokens. A row
    that samples an end token stops early: "real" tokens count what was generated, and the row is
    padded with ordinary tokens to exactly `--reply` tokens for the next phases;
 2. teacher scoring: the frozen teacher's forward over [teacher prompt (state + plan) + reply]
@@ -102,7 +102,7 @@ def one_step(step, student, teacher, probe, opt, processor, insts, args, cfg, ac
     peak_gib(device)
     sync(device)
     t0 = time.perf_counter()
-    raw.eval()  # as distill.sample: no gradient, eval mode, the loop's autocast, seeded per step
+    raw.eval()  # as onpolicy.sample: no gradient, eval mode, the loop's autocast, seeded per step
     with torch.no_grad(), acc.autocast():
         gens = generate(raw, processor, examples, max_new_tokens=args.reply, temperature=1.0,
                         seed=cfg.seed * 1_000_003 + step * 1009, stop_at_answer=False)  # fmt: skip

@@ -40,7 +40,7 @@ from mgsd.model.batching import (
 from mgsd.model.generate import Generation
 from mgsd.model.load import load_model, read_stage_info, save_model
 from mgsd.model.tasks import Instance, load_instances, make_example
-from mgsd.train import common, distill, losses, resume
+from mgsd.train import common, distill, losses, onpolicy, resume
 
 LOGPROB_TOL = 1e-4  # fp32 on CPU: one right-padded batch vs one unpadded forward per example
 TEACHER_REPLY = "size 3\nstart 0 0\ngoal 2 2\n<answer>R R D D</answer>"
@@ -172,9 +172,9 @@ def allowed(model, processor) -> torch.Tensor:
 
 
 def loop_logprobs(model, processor, examples, replies) -> tuple[torch.Tensor, torch.Tensor]:
-    """What `distill_step` computes: `distill.score`, then the log-probs of the reply ids."""
+    """What `distill_step` computes: `onpolicy.score`, then the log-probs of the reply ids."""
     with torch.no_grad():
-        scored = distill.score(model, processor, examples, replies, allowed(model, processor))
+        scored = onpolicy.score(model, processor, examples, replies, allowed(model, processor))
     return scored.logprobs(), scored.valid
 
 
@@ -207,7 +207,7 @@ def test_first_reply_token_is_scored_by_the_last_prompt_position(teacher, insts)
         examples = [make_example(task, x, "compact", with_reply=False) for x in insts[:3]]
         replies = replies_of(processor, insts[:3])
         with torch.no_grad():
-            scored = distill.score(model, processor, examples, replies, allowed(model, processor))
+            scored = onpolicy.score(model, processor, examples, replies, allowed(model, processor))
         logits_BTV = scored.logits
         for b, (ex, reply) in enumerate(zip(examples, replies, strict=True)):
             logits_LV, p = plain_forward(model, processor, ex, reply)
@@ -294,8 +294,8 @@ def test_stabilisers_change_the_step_as_their_maths_says(tiny, teacher, insts):
     s_ex = [make_example("student", x, "compact", with_reply=False) for x in picked]
     t_ex = [make_example("teacher", x, "compact", with_reply=False) for x in picked]
     with torch.no_grad():
-        s = distill.score(student, processor, s_ex, replies, allowed(student, processor))
-        t = distill.score(teacher[0], processor, t_ex, replies, allowed(student, processor))
+        s = onpolicy.score(student, processor, s_ex, replies, allowed(student, processor))
+        t = onpolicy.score(teacher[0], processor, t_ex, replies, allowed(student, processor))
     kl_BT = losses.token_reverse_kl(s.logits, t.logits, s.valid)
     assert losses.masked_mean(kl_BT, s.valid).item() > 0.01  # the baseline is not vacuous
     # loss = -mean(A); with the baseline, A + KL_t: the loss falls by the mean exact KL
@@ -469,9 +469,9 @@ def test_sampling_skips_ids_past_the_tokenizer(tiny_model_dir, insts):
     with torch.no_grad():  # tied embeddings: these rows now dominate the output
         model.get_output_embeddings().weight[n:] *= 50
     cfg = DistillConfig(steps=1, batch_size=4, max_new_tokens=12, lr=1e-3, temperature=1.0)
-    flat, examples, gens = distill.sample(model, processor, insts[:4], cfg, "compact", 0, "cpu")
+    flat, examples, gens = onpolicy.sample(model, processor, insts[:4], cfg, "compact", 0, "cpu")
     with torch.no_grad():
-        scored = distill.score(model, processor, examples, [[1]] * 4, allowed(model, processor))
+        scored = onpolicy.score(model, processor, examples, [[1]] * 4, allowed(model, processor))
     # most of the mass is past the tokenizer, so an unrestricted sampler would pick those ids
     assert scored.dead_mass[:, 0].min() > 0.5
     assert all(g.token_ids and all(0 <= t < n for t in g.token_ids) for g in gens)
@@ -482,7 +482,7 @@ def test_sampler_log_probs_are_the_trainers(tiny, teacher, insts):
     logged `sampler_gap` is float noise, and it does see a sampler that is off."""
     student, processor = tiny
     cfg = DistillConfig(steps=1, batch_size=6, max_new_tokens=24, lr=1e-3)
-    flat, examples, gens = distill.sample(student, processor, insts[:6], cfg, "compact", 0, "cpu")
+    flat, examples, gens = onpolicy.sample(student, processor, insts[:6], cfg, "compact", 0, "cpu")
     assert sum(len(g.token_ids) for g in gens) > 20
     argv = ["--method", "m", "--init", "i", "--teacher", "t", "--train", "a", "--val", "b",
             "--config", "{}", "--out", "o", "--metrics", "m", "--log", "l", "--work", "w"]  # fmt: skip

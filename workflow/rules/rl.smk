@@ -52,7 +52,7 @@ rule rl:
         **gpu_resources(CFG, "rl"),
     params:
         **RL_PARAMS,
-        cfg=lambda wc: config_arg(CFG, "rl", wc.method) if CFG.rl else "",
+        cfg=lambda wc: config_arg(CFG, "rl", wc.method),
         seed_offset=lambda wc: split_replicate(wc.method)[1],
         work=lambda wc: f"{ROOT}/resume/{wc.method}",
     shell:

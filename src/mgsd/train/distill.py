@@ -32,11 +32,10 @@ import time
 
 import torch
 
-from mgsd import cli_args, puzzles
+from mgsd import cli_args
 from mgsd.config import DistillConfig
 from mgsd.model.tasks import make_example
 from mgsd.train import losses, onpolicy
-from mgsd.train.onpolicy import sample, score  # noqa: F401 (the loop's, named here too)
 
 LOSSES = cli_args.LOSSES
 KEYS = (
@@ -54,26 +53,21 @@ def distill_step(
     `loss_kind`: one of `LOSSES`; `teacher_sees_plan`: the teacher's prompt holds the reference plan;
     `style`: the prompt style of the teacher's examples.
     """
-    replies = [list(g.token_ids) or [processor.tokenizer.eos_token_id] for g in gens]
+    replies = onpolicy.reply_ids(gens, processor.tokenizer.eos_token_id)
     task = "teacher" if teacher_sees_plan else "symbolic"
     t_examples = [make_example(task, x, style, with_reply=False) for x in flat]
     t0 = time.perf_counter()
     with torch.no_grad(), acc.autocast():
-        t = score(teacher, processor, t_examples, replies, allowed_V)
+        t = onpolicy.score(teacher, processor, t_examples, replies, allowed_V)
     t_teacher = time.perf_counter() - t0
     with acc.autocast():
-        s = score(model, processor, examples, replies, allowed_V)
+        s = onpolicy.score(model, processor, examples, replies, allowed_V)
     if not (torch.equal(s.valid, t.valid) and torch.equal(s.tokens, t.tokens)):
         raise RuntimeError("teacher and student reply positions differ: alignment bug")
     mask_BT = s.valid
     logp_BT, teacher_BT = s.logprobs(), t.logprobs()
-    rewards_B = torch.tensor(
-        [
-            float(puzzles.get(x.puzzle).score(x.state, g.text).success)
-            for x, g in zip(flat, gens, strict=True)
-        ],
-        device=acc.device,
-    )
+    scores = onpolicy.score_samples(flat, gens)
+    rewards_B = torch.tensor([float(sc.success) for sc in scores], device=acc.device)
     if loss_kind == "full_reverse_kl":
         loss, st = losses.full_reverse_kl_loss(s.logits, t.logits, mask_BT)
         st = {
@@ -98,7 +92,9 @@ def distill_step(
         )
         loss = loss + cfg.forward_kl_weight * forward
         st.update(fst)
-    st.update(onpolicy.sample_stats(flat, gens, s, logp_BT, acc.device), teacher_seconds=t_teacher)
+    st.update(
+        onpolicy.sample_stats(scores, gens, s, logp_BT, acc.device), teacher_seconds=t_teacher
+    )
     return loss, st
 
 

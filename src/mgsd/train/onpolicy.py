@@ -37,6 +37,7 @@ from mgsd.model.tasks import (
     task_success,
     validation_set,
 )
+from mgsd.puzzles.base import Score
 from mgsd.train import common, losses, resume
 
 
@@ -80,15 +81,25 @@ class Batch:
     gens: list[Generation]
     cache: dict[str, Any] = field(default_factory=dict)
 
-    def reply_ids(self, eos_id: int) -> list[list[int]]:
-        return [list(g.token_ids) or [eos_id] for g in self.gens]
+
+def reply_ids(gens: list[Generation], eos_id: int) -> list[list[int]]:
+    """The sampled token ids of each reply; an empty reply is scored as the end of turn."""
+    return [list(g.token_ids) or [eos_id] for g in gens]
 
 
-def sample_stats(flat, gens, s: ReplyLogits, logp_BT: torch.Tensor, device) -> dict[str, float]:
-    """What every on-policy stage logs of its samples: the task success and parse rate of the
-    replies, their length, the sampler's log-probs against the trainer's (a sampler that does not
-    draw from the model being trained shows here first; bf16 kernels: a few hundredths) and the
-    mass the raw student puts on ids it can never sample (the drift the support stops)."""
+def score_samples(flat: list[Instance], gens: list[Generation]) -> list[Score]:
+    """The puzzle's own score of every sampled reply (parsed, success, progress, illegal)."""
+    return [puzzles.get(x.puzzle).score(x.state, g.text) for x, g in zip(flat, gens, strict=True)]
+
+
+def sample_stats(
+    scores: list[Score], gens: list[Generation], s: ReplyLogits, logp_BT: torch.Tensor, device
+) -> dict[str, float]:
+    """What every on-policy stage logs of its samples (`scores`: `score_samples`'): the task
+    success and parse rate of the replies, their length, the sampler's log-probs against the
+    trainer's (a sampler that does not draw from the model being trained shows here first; bf16
+    kernels: a few hundredths) and the mass the raw student puts on ids it can never sample (the
+    drift the support stops)."""
     mask_BT = s.valid
     sampled_BT = torch.zeros(logp_BT.shape, dtype=logp_BT.dtype)  # filled on the host, moved once
     for b, g in enumerate(gens):
@@ -96,7 +107,6 @@ def sample_stats(flat, gens, s: ReplyLogits, logp_BT: torch.Tensor, device) -> d
     sampled_BT = sampled_BT.to(device)
     drawn = torch.tensor([bool(g.token_ids) for g in gens], device=device)
     gap = losses.masked_mean((sampled_BT - logp_BT.detach()).abs(), mask_BT & drawn[:, None])
-    scores = [puzzles.get(x.puzzle).score(x.state, g.text) for x, g in zip(flat, gens, strict=True)]
     n = max(len(scores), 1)
     return {
         "sample_success": sum(sc.success for sc in scores) / n,
@@ -159,11 +169,9 @@ def train(args: argparse.Namespace, cfg: OnPolicyConfig, stage: Stage) -> dict:
         args.method, args.config, *stage.fingerprint,
         files=[args.init, *stage.frozen.values(), *args.train, *args.val],
     )  # fmt: skip
-    lock = resume.lock_work_dir(args.work, acc)  # noqa: F841 (held until the process ends)
-    ckpt = resume.resume_checkpoint(args.work, fingerprint, acc)
-    start = resume.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
-    if ckpt:
-        print(f"resuming {args.method} from {ckpt} (step {start} of {cfg.steps})", file=sys.stderr)
+    start, lock = resume.start_run(  # the lock is held until the process ends
+        args.work, fingerprint, acc, model, opt, sched, args.method, cfg.steps
+    )
     log, stop = common.JsonlLogger(args.log, start, cfg=cfg, name=args.method), resume.StopSignal()
     meter, bar = common.Meter(acc.device), common.progress(cfg.steps, start, args.method)
     raw = acc.unwrap_model(model)

@@ -276,6 +276,21 @@ class StopSignal:
         return flag > 0
 
 
+def start_run(
+    work_dir: str | Path, fingerprint: str, accelerator, model, optimizer, scheduler,
+    name: str, steps: int,
+) -> tuple[int, Any]:  # fmt: skip
+    """Lock the run's work folder and resume from the checkpoint this run wrote, if any (saying
+    so on stderr). Returns the first step to train and the lock, which the caller keeps for as
+    long as the run lasts."""
+    lock = lock_work_dir(work_dir, accelerator)
+    ckpt = resume_checkpoint(work_dir, fingerprint, accelerator)
+    start = load_checkpoint(ckpt, model, optimizer, scheduler, accelerator) if ckpt else 0
+    if ckpt:
+        print(f"resuming {name} from {ckpt} (step {start} of {steps})", file=sys.stderr)
+    return start, lock
+
+
 def checkpoint_if_due(
     stop: StopSignal,
     acc,

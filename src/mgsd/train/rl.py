@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from mgsd import cli_args, puzzles
+from mgsd import cli_args
 from mgsd.config import RLConfig
 from mgsd.puzzles.base import Score
 from mgsd.train import losses, onpolicy
@@ -58,16 +58,14 @@ def rl_step(model, frozen, processor, batch, cfg: RLConfig, acc, allowed_V, *, u
     """The GRPO loss of this process's samples (not yet scaled). Update 0 fixes what the batch
     keeps for the later updates: the rewards, the advantages and the sampling policy's log-probs
     (the PPO ratio's denominator)."""
-    replies = batch.reply_ids(processor.tokenizer.eos_token_id)
+    replies = onpolicy.reply_ids(batch.gens, processor.tokenizer.eos_token_id)
     with acc.autocast():
         s = onpolicy.score(model, processor, batch.examples, replies, allowed_V)
     mask_BT, logp_BT = s.valid, s.logprobs()
     c = batch.cache
     if update == 0:
-        scores = [
-            puzzles.get(x.puzzle).score(x.state, g.text)
-            for x, g in zip(batch.flat, batch.gens, strict=True)
-        ]
+        scores = onpolicy.score_samples(batch.flat, batch.gens)
+        sampled = onpolicy.sample_stats(scores, batch.gens, s, logp_BT, acc.device)
         rewards_B = torch.tensor(rewards_of(batch, scores, cfg), device=acc.device)
         c["advantage_B"] = losses.group_advantages(
             rewards_B, cfg.samples_per_prompt, cfg.advantage_eps
@@ -77,17 +75,15 @@ def rl_step(model, frozen, processor, batch, cfg: RLConfig, acc, allowed_V, *, u
         zero = (rewards_B.view(-1, cfg.samples_per_prompt).std(-1) == 0).float().mean()
         c["stats"] = {
             "reward": rewards_B.mean().item(),
-            "success": sum(sc.success for sc in scores) / n,
+            "success": sampled.pop("sample_success"),
             "progress": sum(sc.progress_rate for sc in scores) / n,
             "illegal": sum(bool(sc.parsed and sc.illegal_kind) for sc in scores) / n,
             "unparsed": sum(not sc.parsed for sc in scores) / n,
             "advantage_abs": c["advantage_B"].abs().mean().item(),
             "zero_groups": zero.item(),
             "student_logprob": losses.masked_mean(logp_BT.detach(), mask_BT).item(),
-            **onpolicy.sample_stats(batch.flat, batch.gens, s, logp_BT, acc.device),
+            **sampled,
         }
-        # update 0 scores with the sampling policy itself: its log-probs are the trainer's
-        c["stats"].pop("sample_success")  # the same number as "success"
         if "reference" in frozen:
             t0 = time.perf_counter()
             with torch.no_grad(), acc.autocast():

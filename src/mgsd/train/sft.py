@@ -116,11 +116,9 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     fingerprint = resume.run_fingerprint(
         args.stage, args.config, args.style, files=[args.init, *args.train, *args.val]
     )
-    lock = resume.lock_work_dir(args.work, acc)  # noqa: F841 (held until the process ends)
-    ckpt = resume.resume_checkpoint(args.work, fingerprint, acc)
-    start = resume.load_checkpoint(ckpt, model, opt, sched, acc) if ckpt else 0
-    if ckpt:
-        print(f"resuming {args.stage} from {ckpt} (step {start} of {cfg.steps})", file=sys.stderr)
+    start, lock = resume.start_run(  # the lock is held until the process ends
+        args.work, fingerprint, acc, model, opt, sched, args.stage, cfg.steps
+    )
     log, stop = common.JsonlLogger(args.log, start, cfg=cfg, name=args.stage), resume.StopSignal()
     meter, bar = common.Meter(acc.device), common.progress(cfg.steps, start, args.stage)
     raw = acc.unwrap_model(model)
