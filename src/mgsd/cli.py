@@ -35,6 +35,10 @@ STAGES = {
         "one model on the test sets of several puzzles (or the public benchmarks), under "
         "several input conditions -> records, metrics and a summary",
     ),
+    "equal-time": (
+        "mgsd.equal_time",
+        "a second run: the RL baseline again with the steps that take mgsd's GPU time",
+    ),
     "tables": ("mgsd.report.tables", "paper tables from the evaluation records"),
     "plots": ("mgsd.report.plots", "figures from the evaluation records and training logs"),
     "check-config": ("mgsd.config_cli", "validate a configuration and print it"),

@@ -1,4 +1,4 @@
-"""Atomic file writes, the one place that does them.
+"""Atomic file writes, the one place that does them, and folders copied as hard links.
 
 Every file a job declares is written to a temporary file in the same folder and then renamed
 onto its name, so an interrupted job never leaves a half-written file behind under that name.
@@ -52,3 +52,29 @@ def write_atomic_json(path: str | Path, obj: Any) -> Path:
 def atomic_copy(src: str | Path, dst: str | Path) -> Path:
     """Copy the contents of `src` to `dst` atomically."""
     return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+def link_tree(src: str | Path, dst: str | Path) -> Path:
+    """`dst` as a copy of the folder `src` made of hard links (a copy with its times where the
+    file system allows no link), put in place atomically: an existing `dst` is replaced."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    try:
+        os.rmdir(tmp)
+        shutil.copytree(src, tmp, copy_function=link_file)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
+def link_file(src: str | Path, dst: str | Path) -> None:
+    """A hard link `dst` to `src`, or a copy keeping its times (another file system)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

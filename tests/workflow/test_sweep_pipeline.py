@@ -8,10 +8,13 @@ chosen settings and their own seed; evaluation and tables see each seed.
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
-from test_workflow import SMOKE, overlay, snakemake  # same folder
+from test_workflow import REPO, SMOKE, overlay, planned_jobs, snakemake  # same folder
+
+from mgsd import equal_time
 
 pytestmark = pytest.mark.slow
 
@@ -21,20 +24,28 @@ SWEEP = {
     "sweep": {
         "grounding": {"lr": [1e-3, 2e-3]},
         "distill": {"lr": [1e-4, 3e-4]},
-        "rl": {"lr": [1e-4, 3e-4]},
+        "rl": {"lr": [2e-4, 3e-4]},  # neither is the preset's lr: a lost choice shows
     },
     "replicates": {"mgsd": 2, "grpo": 2},
 }
 
 
-def test_sweep_selects_on_validation_and_replicates_train_with_the_choice(tmp_path):
-    over = overlay(tmp_path, "sweep.yaml", SWEEP)
-    snakemake(tmp_path, "all", "--configfile", str(SMOKE), str(over))
+@pytest.fixture(scope="module")
+def sweep_run(tmp_path_factory):
+    """The smoke preset with sweeps and seeds, run to the end: (working dir, config files)."""
+    workdir = tmp_path_factory.mktemp("sweep")
+    over = overlay(workdir, "sweep.yaml", SWEEP)
+    snakemake(workdir, "all", "--configfile", str(SMOKE), str(over))
+    return workdir, [str(REPO / "pipeline_config.yaml"), str(SMOKE), str(over)]
+
+
+def test_sweep_selects_on_validation_and_replicates_train_with_the_choice(sweep_run):
+    tmp_path, _ = sweep_run
     root = tmp_path / "results" / "sweep"
     for method, lrs in (
         ("grounding", [1e-3, 2e-3]),
         ("mgsd", [1e-4, 3e-4]),
-        ("grpo", [1e-4, 3e-4]),
+        ("grpo", [2e-4, 3e-4]),
     ):
         sweep = json.loads((root / "models" / method / "sweep.json").read_text())
         assert [c["settings"]["lr"] for c in sweep["candidates"]] == lrs
@@ -70,3 +81,44 @@ def test_sweep_selects_on_validation_and_replicates_train_with_the_choice(tmp_pa
     assert list(seeds["method"]) == ["mgsd", "grpo"] and seeds["seeds"].tolist() == [2, 2]
     main = pd.read_csv(root / "tables" / "main.csv")  # the first seed only
     assert main.groupby(["method", "puzzle"]).size().max() == 1
+
+
+def _seconds_per_step(log):
+    timed = [r for r in map(json.loads, log.read_text().splitlines()) if "perf/sample_s" in r]
+    return (timed[-1]["time"] - timed[0]["time"]) / (timed[-1]["step"] - timed[0]["step"])
+
+
+def test_equal_time_run_trains_only_grpo_with_the_steps_of_mgsds_time(sweep_run, capsys):
+    workdir, files = sweep_run
+    root, root2 = workdir / "results" / "sweep", workdir / "results" / "sweep_equal_time"
+    assert equal_time.main([*files, "--dir", str(workdir)]) == 0
+    assert "rl.steps =" in capsys.readouterr().out
+    measured = json.loads((root2 / "equal_time.json").read_text())
+    mgsd_s = [
+        _seconds_per_step(root / "models" / m / "train_log.jsonl") for m in ("mgsd", "mgsd-seed1")
+    ]
+    grpo_s = _seconds_per_step(root / "models" / "grpo" / "train_log.jsonl")
+    assert measured["mgsd_seconds_per_step"] == pytest.approx(
+        {"mgsd": mgsd_s[0], "mgsd-seed1": mgsd_s[1]}
+    )
+    steps = round(3 * (mgsd_s[0] + mgsd_s[1]) / 2 / grpo_s)  # smoke: 3 distillation steps
+    assert measured["steps"] == max(1, steps)
+    # the compared methods are the first run's files, up to date: only grpo trains
+    config = ["--configfile", str(root2 / "equal_time.yaml")]
+    jobs = planned_jobs(snakemake(workdir, "-n", "all", *config))
+    assert jobs == {"rl": 2, "evaluate": 2, "tables": 1, "plots": 1, "all": 1}
+    same = root / "models/mgsd-seed1/model/model.safetensors"
+    assert os.path.samefile(same, root2 / "models/mgsd-seed1/model/model.safetensors")
+    snakemake(workdir, "all", *config)
+    chosen = json.loads((root / "models" / "grpo" / "config.json").read_text())
+    for name, seed in (("grpo", 0), ("grpo-seed1", 1)):
+        stage = json.loads((root2 / "models" / name / "model" / "mgsd_stage.json").read_text())
+        want = {**chosen, "steps": measured["steps"], "seed": chosen["seed"] + seed}
+        assert stage["config"] == want
+        assert stage["init"] == "results/sweep_equal_time/models/grounding/model"
+    ablations = pd.read_csv(root2 / "tables" / "ablations.csv")
+    grpo = ablations[(ablations["method"] == "grpo") & (ablations["puzzle"] == "macro")]
+    assert len(grpo) == 1 and grpo["d_sr"].notna().all()  # paired with mgsd
+    # a second call leaves the prepared run alone
+    assert equal_time.main([*files, "--dir", str(workdir)]) == 1
+    assert "exists" in capsys.readouterr().err

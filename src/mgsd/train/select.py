@@ -16,14 +16,11 @@ read: this is how the pipeline chooses settings without looking at a test set.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from mgsd import cli_args
-from mgsd.io import atomic_copy, write_atomic_json
+from mgsd.io import atomic_copy, link_tree, write_atomic_json
 from mgsd.model.load import read_stage_info
 
 
@@ -55,33 +52,11 @@ def read_candidate(folder: Path, metric: str, keys: list[str]) -> dict:
     }
 
 
-def _link_tree(src: Path, dst: Path) -> None:
-    """`dst` as a copy of the folder `src`, made of hard links where possible, atomically."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    try:
-        os.rmdir(tmp)
-
-        def link(a: str, b: str) -> None:
-            try:
-                os.link(a, b)
-            except OSError:  # another file system, or links not allowed: copy
-                shutil.copy2(a, b)
-
-        shutil.copytree(src, tmp, copy_function=link)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def select(candidates: list[Path], metric: str, keys: list[str], out: Path) -> dict:
     rows = [read_candidate(c, metric, keys) for c in candidates]
     best = max(range(len(rows)), key=lambda i: (rows[i]["score"], -i))
     winner = candidates[best]
-    _link_tree(winner / "model", out / "model")
+    link_tree(winner / "model", out / "model")
     for name in ("metrics.json", "train_log.jsonl"):
         atomic_copy(winner / name, out / name)
     write_atomic_json(out / "config.json", rows[best]["config"])
