@@ -168,24 +168,40 @@ Tracker = Literal[
 ]
 
 
-def _log_with_field():
-    """The `log_with` option shared by the supervised and the distillation stages."""
-    return _f(
+# The settings every training loop reads alike (supervised and on-policy): one definition each.
+_RUN_FIELDS: dict[str, tuple[Any, str, dict]] = {
+    "grad_clip": (1.0, "gradient norm clip (0: off)", {"ge": 0}),
+    "train_vision": (True, "train the vision tower too", {}),
+    "compile": (
+        False,
+        "torch.compile every decoder layer and vision block (GPU: 4B full fine-tuning 1.4x "
+        "faster, about a minute of compiling at the start)",
+        {},
+    ),
+    "val_instances": (16, "validation instances for greedy success", {"ge": 0}),
+    "checkpoint_every": (50, "resumable checkpoint every K steps (0: never)", {"ge": 0}),
+    "keep_checkpoints": (
+        False,
+        "keep the resumable checkpoints after the final model is written (they hold the "
+        "optimizer state: about 96 GB for a 4B model under full fine-tuning)",
+        {},
+    ),
+    "log_with": (
         (),
-        help="experiment trackers fed the training log's metrics (off when empty), e.g. "
+        "experiment trackers fed the training log's metrics (off when empty), e.g. "
         "[tensorboard]: event files beside the live log (tensorboard --logdir "
         "results/<run>/resume; pip install 'mgsd[track]'); wandb, mlflow, aim, comet_ml, "
         "clearml, dvclive, swanlab, trackio need their own package and settings",
-    )
+        {},
+    ),
+    "log_every": (1, "log every K steps", {"ge": 1}),
+}
 
 
-def _compile_field():
-    """The `compile` switch shared by the supervised and the distillation stages."""
-    return _f(
-        False,
-        help="torch.compile every decoder layer and vision block (GPU: 4B full fine-tuning "
-        "1.4x faster, about a minute of compiling at the start)",
-    )
+def _run_field(name: str) -> Any:
+    """The field `name` of `_RUN_FIELDS`, as every training stage's section declares it."""
+    default, help, checks = _RUN_FIELDS[name]
+    return _f(default, help=help, **checks)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -206,13 +222,13 @@ class TrainConfig:
     schedule: Literal["cosine", "constant"] = _f("cosine", help="learning-rate schedule")
     warmup_ratio: float = _f(0.1, help="share of steps with linear warmup", ge=0, le=1)
     weight_decay: float = _f(0.0, help="AdamW weight decay", ge=0)
-    grad_clip: float = _f(1.0, help="gradient norm clip (0: off)", ge=0)
+    grad_clip: float = _run_field("grad_clip")
     finetune: Literal["full", "lora"] = _f(
         "full", help="full fine-tuning or LoRA (merged at the end)"
     )
     lora: LoraConfig = _f(LoraConfig(), help="LoRA settings (finetune: lora)")
-    train_vision: bool = _f(True, help="train the vision tower too")
-    compile: bool = _compile_field()
+    train_vision: bool = _run_field("train_vision")
+    compile: bool = _run_field("compile")
     grounding_prompt: Literal["grounding", "student"] = _f(
         "grounding",
         help="grounding: the prompt the state is read under (student: the task's own prompt, "
@@ -230,16 +246,12 @@ class TrainConfig:
         "taught to stop after the state and goes on with the base model's plan)",
     )
     eval_every: int = _f(0, help="validation every K steps (0: only at the end)", ge=0)
-    val_instances: int = _f(16, help="validation instances for greedy success", ge=0)
+    val_instances: int = _run_field("val_instances")
     val_max_new_tokens: int = _f(256, help="generation budget of greedy validation", ge=1)
-    checkpoint_every: int = _f(50, help="resumable checkpoint every K steps (0: never)", ge=0)
-    keep_checkpoints: bool = _f(
-        False,
-        help="keep the resumable checkpoints after the final model is written (they hold the "
-        "optimizer state: about 96 GB for a 4B model under full fine-tuning)",
-    )
-    log_with: tuple[Tracker, ...] = _log_with_field()
-    log_every: int = _f(1, help="log every K steps", ge=1)
+    checkpoint_every: int = _run_field("checkpoint_every")
+    keep_checkpoints: bool = _run_field("keep_checkpoints")
+    log_with: tuple[Tracker, ...] = _run_field("log_with")
+    log_every: int = _run_field("log_every")
     data_workers: int = _f(
         0,
         help="processes that build the next batches while the accelerator trains (0: built in "
@@ -262,25 +274,21 @@ class OnPolicyConfig:
     schedule: Literal["cosine", "constant"] = _f("constant", help="learning-rate schedule")
     warmup_ratio: float = _f(0.0, help="share of steps with linear warmup", ge=0, le=1)
     weight_decay: float = _f(0.01, help="AdamW weight decay", ge=0)
-    grad_clip: float = _f(1.0, help="gradient norm clip (0: off)", ge=0)
+    grad_clip: float = _run_field("grad_clip")
     clip_low: float = _f(
         0.2, help="PPO clip of the importance ratio, below 1 (1 - clip_low)", gt=0, lt=1
     )
     clip_high: float = _f(
         0.2, help="PPO clip of the importance ratio, above 1 (1 + clip_high)", gt=0
     )
-    train_vision: bool = _f(True, help="train the vision tower too")
-    compile: bool = _compile_field()
+    train_vision: bool = _run_field("train_vision")
+    compile: bool = _run_field("compile")
     eval_every: int = _f(0, help="greedy validation every K steps (0: only at the end)", ge=0)
-    val_instances: int = _f(16, help="validation instances for greedy success", ge=0)
-    checkpoint_every: int = _f(50, help="resumable checkpoint every K steps (0: never)", ge=0)
-    keep_checkpoints: bool = _f(
-        False,
-        help="keep the resumable checkpoints after the final model is written (they hold the "
-        "optimizer state: about 96 GB for a 4B model under full fine-tuning)",
-    )
-    log_with: tuple[Tracker, ...] = _log_with_field()
-    log_every: int = _f(1, help="log every K steps", ge=1)
+    val_instances: int = _run_field("val_instances")
+    checkpoint_every: int = _run_field("checkpoint_every")
+    keep_checkpoints: bool = _run_field("keep_checkpoints")
+    log_with: tuple[Tracker, ...] = _run_field("log_with")
+    log_every: int = _run_field("log_every")
     seed: int = _f(0, help="seed of batch order and sampling", ge=0)
 
 
