@@ -13,16 +13,12 @@ import dataclasses
 import functools
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from stage_runs import straight_and_killed  # same folder
 
 from mgsd import puzzles
 from mgsd.config import DistillConfig
@@ -40,7 +36,7 @@ from mgsd.model.batching import (
 from mgsd.model.generate import Generation
 from mgsd.model.load import load_model, read_stage_info, save_model
 from mgsd.model.tasks import Instance, load_instances, make_example
-from mgsd.train import common, distill, losses, onpolicy, resume
+from mgsd.train import common, distill, losses, onpolicy
 
 LOGPROB_TOL = 1e-4  # fp32 on CPU: one right-padded batch vs one unpadded forward per example
 TEACHER_REPLY = "size 3\nstart 0 0\ngoal 2 2\n<answer>R R D D</answer>"
@@ -421,33 +417,11 @@ RESUME = {
 }  # fmt: skip
 
 
-def start_distill(root: Path, argv: list[str]) -> subprocess.Popen:
-    """`mgsd distill` in a child process (one torch thread, as in this file)."""
-    root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with open(root / "stdout.txt", "a") as out, open(root / "stderr.txt", "a") as err:
-        cmd = [sys.executable, "-m", "mgsd.cli", "distill", *argv]
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
-
-
 @pytest.mark.slow
 def test_resume_after_sigkill_ends_with_the_weights_of_a_straight_run(teacher_dir, data, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     argv = {r: distill_argv(r, teacher_dir, teacher_dir, data, RESUME) for r in (straight, killed)}
-    runs = {r: start_distill(r, argv[r]) for r in (straight, killed)}  # side by side
-    victim, deadline = runs[killed], time.monotonic() + 300
-    while not resume.checkpoints(killed / "work"):
-        assert victim.poll() is None, (killed / "stderr.txt").read_text()
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    assert victim.wait() == -signal.SIGKILL
-    assert not (killed / "model").exists()  # it died before the end
-    assert runs[straight].wait(timeout=300) == 0, (straight / "stderr.txt").read_text()
-
-    resumed = start_distill(killed, argv[killed])
-    assert resumed.wait(timeout=300) == 0, (killed / "stderr.txt").read_text()
-    assert "resuming test from" in (killed / "stderr.txt").read_text()
+    straight_and_killed("distill", "test", straight, killed, argv)
     a, b = load_weights(straight / "model"), load_weights(killed / "model")
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)

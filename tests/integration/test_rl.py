@@ -5,16 +5,12 @@ the loop's own step, learning, and resume after SIGKILL. One torch thread, as in
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from stage_runs import straight_and_killed  # same folder
 
 from mgsd import puzzles
 from mgsd.config import RLConfig
@@ -25,7 +21,7 @@ from mgsd.model.batching import text_ids
 from mgsd.model.generate import Generation
 from mgsd.model.load import load_model, read_stage_info
 from mgsd.model.tasks import load_instances, make_example
-from mgsd.train import common, onpolicy, resume, rl
+from mgsd.train import common, onpolicy, rl
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -168,34 +164,13 @@ RESUME = {
 }  # fmt: skip
 
 
-def start_rl(root: Path, argv: list[str]) -> subprocess.Popen:
-    root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with open(root / "stdout.txt", "a") as out, open(root / "stderr.txt", "a") as err:
-        cmd = [sys.executable, "-m", "mgsd.cli", "rl", *argv]
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
-
-
 @pytest.mark.slow
 def test_resume_after_sigkill_ends_with_the_weights_of_a_straight_run(
     tiny_model_dir, data, tmp_path
 ):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     argv = {r: rl_argv(r, tiny_model_dir, data, RESUME) for r in (straight, killed)}
-    runs = {r: start_rl(r, argv[r]) for r in (straight, killed)}
-    victim, deadline = runs[killed], time.monotonic() + 300
-    while not resume.checkpoints(killed / "work"):
-        assert victim.poll() is None, (killed / "stderr.txt").read_text()
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    assert victim.wait() == -signal.SIGKILL
-    assert not (killed / "model").exists()
-    assert runs[straight].wait(timeout=300) == 0, (straight / "stderr.txt").read_text()
-
-    resumed = start_rl(killed, argv[killed])
-    assert resumed.wait(timeout=300) == 0, (killed / "stderr.txt").read_text()
-    assert "resuming test from" in (killed / "stderr.txt").read_text()
+    straight_and_killed("rl", "test", straight, killed, argv)
     a = load_file(straight / "model" / "model.safetensors")
     b = load_file(killed / "model" / "model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0

@@ -2,11 +2,11 @@
 
 Small functions, no trainer class; checkpoints, resume and stop signals are in
 `mgsd.train.resume`. `mgsd.train.sft.train` is the reference loop: `setup`,
-`make_optimizer`, `make_schedule`, `acc.prepare`, `lock_work_dir`, `resume_checkpoint` /
-`load_checkpoint`, then per step the batch of `batch_indices` (a function of seed and step)
-split by `shard`, one `Updater.step`, a `JsonlLogger` line and `checkpoint_if_due` (which
-saves on a `StopSignal` and exits for resume). `tests/integration/test_resume_ddp.py` runs a
-complete toy loop.
+`make_optimizer`, `make_schedule`, `acc.prepare`, `open_run` (lock, resume, log, stop signal,
+updater), then per step the batch of `batch_indices` (a function of seed and step) split by
+`shard`, one `Updater.step` and `end_step` (validation, a `JsonlLogger` line and
+`checkpoint_if_due`, which saves on a `StopSignal` and exits for resume); `end_run` and
+`finish` close it. `tests/integration/test_resume_ddp.py` runs a complete toy loop.
 """
 
 from __future__ import annotations
@@ -39,8 +39,11 @@ from mgsd.train.resume import (
     CheckpointError,
     Optimizer,
     Scheduler,
+    StopSignal,
     WorkDirBusy,
+    checkpoint_if_due,
     remove_checkpoints,
+    start_run,
 )
 
 # bad input a stage reports in one line (exit 1) instead of a traceback
@@ -207,6 +210,80 @@ class Updater:
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         return norm
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """What every step's end and the run's end touch, opened by `open_run`: the prepared model,
+    optimizer and scheduler, the updater, the log, the stop signal, the meter and progress bar,
+    the work folder (its lock held here) and the fingerprint its checkpoints carry."""
+
+    acc: Accelerator
+    cfg: Any  # the stage's config section
+    args: Any  # the stage's command line: log, final_log, work, out
+    name: str
+    model: torch.nn.Module
+    opt: Optimizer
+    sched: Scheduler
+    fingerprint: str
+    start: int  # the first step to train (> 0 when resumed)
+    lock: Any
+    updater: Updater
+    log: JsonlLogger
+    stop: StopSignal
+    meter: Meter
+    bar: tqdm
+
+
+def open_run(acc, cfg, args, name: str, model, opt, sched, params, fingerprint: str) -> Run:
+    """Lock the work folder and resume from this run's checkpoint (`resume.start_run`), then
+    open the log (from the step resumed), the stop signal, the meter, the bar and the updater."""
+    start, lock = start_run(args.work, fingerprint, acc, model, opt, sched, name, cfg.steps)
+    return Run(
+        acc, cfg, args, name, model, opt, sched, fingerprint, start, lock,
+        updater=Updater(acc, opt, sched, params, cfg.grad_clip, name),
+        log=JsonlLogger(args.log, start, cfg=cfg, name=name),
+        stop=StopSignal(),
+        meter=Meter(acc.device),
+        bar=progress(cfg.steps, start, name),
+    )  # fmt: skip
+
+
+def end_step(
+    run: Run, done: int, last: dict, grad_norm: float, postfix: dict[str, str],
+    validate: typing.Callable[[], dict],
+) -> None:  # fmt: skip
+    """After step `done` (metrics `last`, updated in place): the update's health, greedy
+    validation every `eval_every` steps (main process; the end validates anyway), a log line
+    every `log_every` steps and at the end, the bar, and a checkpoint when due or asked for by a
+    stop signal (`resume.checkpoint_if_due`, which then exits for resume)."""
+    acc, cfg = run.acc, run.cfg
+    last.update({"train/grad_norm": grad_norm, "train/skipped_steps": run.updater.skipped})
+    if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+        if acc.is_main_process:
+            last.update(validate())
+        acc.wait_for_everyone()
+    if done % cfg.log_every == 0 or done == cfg.steps:
+        run.log.log(done, {**last, **run.meter.stats()})
+    run.bar.update()
+    run.bar.set_postfix(postfix, refresh=False)
+    checkpoint_if_due(
+        run.stop, acc, done, cfg.steps, cfg.checkpoint_every, run.args.work, run.model, run.opt,
+        run.sched, run.fingerprint,
+    )  # fmt: skip
+
+
+def end_run(run: Run, validate: typing.Callable[[], dict]) -> dict:
+    """After the last step: the bar closed, SIGTERM given back (the loop may run inside another
+    program, as in the tests), and the final greedy validation, logged (main process; {} on the
+    others)."""
+    run.bar.close()
+    run.stop.restore()
+    final = {}
+    if run.acc.is_main_process:
+        final = validate()
+        run.log.log(run.cfg.steps, final)
+    return final
 
 
 def publish_log(live: str | Path, final: str | Path | None) -> None:

@@ -169,20 +169,19 @@ def train(args: argparse.Namespace, cfg: OnPolicyConfig, stage: Stage) -> dict:
         args.method, args.config, *stage.fingerprint,
         files=[args.init, *stage.frozen.values(), *args.train, *args.val],
     )  # fmt: skip
-    start, lock = resume.start_run(  # the lock is held until the process ends
-        args.work, fingerprint, acc, model, opt, sched, args.method, cfg.steps
-    )
-    log, stop = common.JsonlLogger(args.log, start, cfg=cfg, name=args.method), resume.StopSignal()
-    meter, bar = common.Meter(acc.device), common.progress(cfg.steps, start, args.method)
-    raw = acc.unwrap_model(model)
     if cfg.batch_size % acc.num_processes:
         raise ConfigError(
             f"{stage.name}.batch_size: {cfg.batch_size} is not divisible by "
             f"{acc.num_processes} processes"
         )
-    updater = common.Updater(acc, opt, sched, trainable, cfg.grad_clip, args.method)
+    run = common.open_run(acc, cfg, args, args.method, model, opt, sched, trainable, fingerprint)
+    raw = acc.unwrap_model(model)
+
+    def validated() -> dict:
+        return validate_student(raw, processor, val_set, args.style, cfg, acc.device)
+
     t_start, last = time.perf_counter(), {}
-    for step in range(start, cfg.steps):
+    for step in range(run.start, cfg.steps):
         ids = common.shard(
             common.batch_indices(len(train_set), cfg.batch_size, cfg.seed, step),
             acc.process_index,
@@ -217,11 +216,10 @@ def train(args: argparse.Namespace, cfg: OnPolicyConfig, stage: Stage) -> dict:
                 own = torch.tensor(st["tokens"], device=acc.device)
                 global_tokens = acc.reduce(own, reduction="sum").item()
                 acc.backward(loss * st["tokens"] / max(global_tokens, 1) * acc.num_processes)
-                grad_norm = updater.step()
+                grad_norm = run.updater.step()
         t_update = time.perf_counter() - t1 - t_frozen
         sampled = sum(len(g.token_ids) for g in batch.gens)
-        meter.update(sampled)
-        done = step + 1
+        run.meter.update(sampled)
         vals = acc.reduce(
             torch.tensor([st.get(k, 0.0) for k in stage.keys], device=acc.device), "mean"
         )
@@ -242,28 +240,11 @@ def train(args: argparse.Namespace, cfg: OnPolicyConfig, stage: Stage) -> dict:
             label = stage.frozen_label
             last[f"perf/{label}_tokens_per_s"] = st["tokens"] / max(t_frozen, 1e-9)
             last[f"perf/{label}_s"] = t_frozen
-        last.update({"train/grad_norm": grad_norm, "train/skipped_steps": updater.skipped})
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-            if acc.is_main_process:
-                last.update(validate_student(raw, processor, val_set, args.style, cfg, acc.device))
-            acc.wait_for_everyone()
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            log.log(done, {**last, **meter.stats()})
-        bar.update()
         shown = last.get(f"{stage.name}/{stage.postfix}", float("nan"))
-        bar.set_postfix({stage.postfix: f"{shown:.3f}"}, refresh=False)
-        resume.checkpoint_if_due(
-            stop, acc, done, cfg.steps, cfg.checkpoint_every, args.work, model, opt, sched,
-            fingerprint,
-        )  # fmt: skip
-    bar.close()
-    stop.restore()  # main() may run inside another program (tests): give SIGTERM back
-    final = {}
-    if acc.is_main_process:
-        final = validate_student(raw, processor, val_set, args.style, cfg, acc.device)
-        log.log(cfg.steps, final)
+        common.end_step(run, step + 1, last, grad_norm, {stage.postfix: f"{shown:.3f}"}, validated)
+    final = common.end_run(run, validated)
     card = {"stage": stage.name, "method": args.method, "init": args.init, **stage.card}
-    common.finish(acc, raw, processor, args, card, cfg, log)
+    common.finish(acc, raw, processor, args, card, cfg, run.log)
     return {
         "method": args.method,
         "steps": cfg.steps,

@@ -116,19 +116,18 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     fingerprint = resume.run_fingerprint(
         args.stage, args.config, args.style, files=[args.init, *args.train, *args.val]
     )
-    start, lock = resume.start_run(  # the lock is held until the process ends
-        args.work, fingerprint, acc, model, opt, sched, args.stage, cfg.steps
-    )
-    log, stop = common.JsonlLogger(args.log, start, cfg=cfg, name=args.stage), resume.StopSignal()
-    meter, bar = common.Meter(acc.device), common.progress(cfg.steps, start, args.stage)
-    raw = acc.unwrap_model(model)
     micro = cfg.batch_size // cfg.grad_accum // acc.num_processes
     if micro < 1 or cfg.batch_size % (cfg.grad_accum * acc.num_processes):
         raise ConfigError(
             f"{args.stage}.batch_size: {cfg.batch_size} is not divisible by "
             f"grad_accum x processes = {cfg.grad_accum * acc.num_processes}"
         )
-    updater = common.Updater(acc, opt, sched, trainable, cfg.grad_clip, args.stage)
+    run = common.open_run(acc, cfg, args, args.stage, model, opt, sched, trainable, fingerprint)
+    raw = acc.unwrap_model(model)
+
+    def validated() -> dict:
+        return validate(raw, processor, val_set, task, args.style, cfg, acc.device, also)
+
     t_start, last = time.perf_counter(), {}
 
     def make_batches(step: int) -> list[dict]:
@@ -151,7 +150,7 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
             for j in range(0, len(examples), micro)
         ]
 
-    steps = range(start, cfg.steps)
+    steps = range(run.start, cfg.steps)
     batches_of = common.prefetched(make_batches, steps, cfg.data_workers)
     for step, batches in zip(steps, batches_of, strict=True):
         # normalise by the reply tokens of the whole global batch: DDP averages gradients over
@@ -170,9 +169,8 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
                 acc.backward(loss * st["tokens"] / global_tokens * acc.num_processes)
             loss_sum += st["loss"] * st["tokens"]
             acc_sum += st["token_accuracy"] * st["tokens"]
-            meter.update(batch["input_ids"].numel())
-        grad_norm = updater.step()
-        done = step + 1
+            run.meter.update(batch["input_ids"].numel())
+        grad_norm = run.updater.step()
         stats = acc.reduce(torch.tensor([loss_sum, acc_sum], device=acc.device), "sum")
         last = {
             "train/loss": stats[0].item() / global_tokens,
@@ -180,29 +178,11 @@ def train(args: argparse.Namespace, cfg: TrainConfig) -> dict:
             "train/lr": sched.get_last_lr()[0],
             "train/tokens": global_tokens,
         }
-        last.update({"train/grad_norm": grad_norm, "train/skipped_steps": updater.skipped})
-        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-            if acc.is_main_process:
-                last.update(
-                    validate(raw, processor, val_set, task, args.style, cfg, acc.device, also)
-                )
-            acc.wait_for_everyone()
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            log.log(done, {**last, **meter.stats()})
-        bar.update()
-        bar.set_postfix(loss=f"{last['train/loss']:.4f}", refresh=False)
-        resume.checkpoint_if_due(
-            stop, acc, done, cfg.steps, cfg.checkpoint_every, args.work, model, opt, sched,
-            fingerprint,
-        )  # fmt: skip
-    bar.close()
-    stop.restore()  # main() may run inside another program (tests): give SIGTERM back
-    final = {}
-    if acc.is_main_process:
-        final = validate(raw, processor, val_set, task, args.style, cfg, acc.device, also)
-        log.log(cfg.steps, final)
+        postfix = {"loss": f"{last['train/loss']:.4f}"}
+        common.end_step(run, step + 1, last, grad_norm, postfix, validated)
+    final = common.end_run(run, validated)
     out = merge_lora(raw) if cfg.finetune == "lora" and acc.is_main_process else raw
-    common.finish(acc, out, processor, args, {"stage": args.stage, "init": args.init}, cfg, log)
+    common.finish(acc, out, processor, args, {"stage": args.stage, "init": args.init}, cfg, run.log)
     return {
         "stage": args.stage,
         "steps": cfg.steps,
