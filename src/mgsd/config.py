@@ -47,7 +47,8 @@ class ConfigError(ValueError):
 
 
 def _f(default: Any = dataclasses.MISSING, help: str = "", **checks: Any) -> Any:
-    """A dataclass field with help text and range checks (ge, gt, le, lt)."""
+    """A dataclass field with help text and checks: a range (ge, gt, le, lt), or a closed set of
+    names (`among`, what each is called in an error: `what`)."""
     meta = {"help": help, **checks}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda d=default: json.loads(json.dumps(d)), metadata=meta)
@@ -364,7 +365,10 @@ class RLConfig(OnPolicyConfig):
 @dataclass(frozen=True, kw_only=True)
 class EvaluateConfig:
     conditions: tuple[str, ...] = _f(
-        CONDITIONS, help="input conditions: image, text, image_oracle_state"
+        CONDITIONS,
+        help="input conditions: image, text, image_oracle_state",
+        among=CONDITIONS,
+        what="condition",
     )
     max_new_tokens: int = _f(512, help="generation budget per reply", ge=1)
     batch_size: int = _f(32, help="replies generated together", ge=1)
@@ -426,7 +430,10 @@ class ExternalModel:
         "first and one <answer> block); compact: the short headers of models trained by mgsd",
     )
     conditions: tuple[str, ...] | None = _f(
-        None, help="input conditions to evaluate it under (null: evaluate.conditions)"
+        None,
+        help="input conditions to evaluate it under (null: evaluate.conditions)",
+        among=CONDITIONS,
+        what="condition",
     )
 
 
@@ -583,6 +590,9 @@ def _build_dataclass(cls: type, value: Any, key: str) -> Any:
 def _check_range(v: Any, meta: dict, key: str) -> None:
     values = v if isinstance(v, tuple) else (v,)
     for x in values:
+        if "among" in meta and isinstance(x, str) and x not in meta["among"]:
+            known = ", ".join(meta["among"])
+            raise ConfigError(f"{key}: unknown {meta['what']} {x!r} (known: {known})")
         if not isinstance(x, (int, float)) or isinstance(x, bool):
             continue
         if "ge" in meta and x < meta["ge"]:
@@ -658,9 +668,6 @@ def _check_config(c: Config) -> None:
     for m in c.methods:
         if m not in METHODS:
             raise ConfigError(f"methods: unknown method {m!r} (known: {', '.join(METHODS)})")
-    for cond in c.evaluate.conditions:
-        if cond not in CONDITIONS:
-            raise ConfigError(f"evaluate.conditions: unknown condition {cond!r}")
     for name, ext in c.external_models.items():
         _check_external(name, ext)
     if "symbolic" in c.methods and "text" not in c.evaluate.conditions:
@@ -731,11 +738,6 @@ def _check_external(name: str, ext: ExternalModel) -> None:
     if ext.conditions is not None:
         if not ext.conditions:
             raise ConfigError(f"{key}.conditions: give at least one condition (or null)")
-        for cond in ext.conditions:
-            if cond not in CONDITIONS:
-                raise ConfigError(
-                    f"{key}.conditions: unknown condition {cond!r} (known: {', '.join(CONDITIONS)})"
-                )
 
 
 SWEEPABLE = ("grounding", "sft_direct", "grounding_sft", "distill", "rl")

@@ -328,3 +328,14 @@ def test_models_with_a_pretrained_processor_need_torchvision(tmp_path, monkeypat
     scratch = C.load(_raw(external_models={"ours": {"path": str(ours)}}))
     monkeypatch.setattr(C, "_installed", lambda package: False)
     assert C.missing_packages(scratch, tmp_path) == []
+
+
+def test_a_section_loaded_alone_checks_its_conditions():
+    """What `mgsd evaluate --config` loads is the section alone: its conditions are checked
+    there too, as in the whole config (both name the known ones)."""
+    with pytest.raises(C.ConfigError) as e:
+        C.load_section(C.EvaluateConfig, '{"conditions": ["image", "audio"]}', "evaluate")
+    assert str(e.value) == (
+        "evaluate.conditions: unknown condition 'audio' (known: image, text, image_oracle_state, "
+        "teacher)"
+    )
