@@ -26,7 +26,9 @@ from typing import Any, Literal
 
 import yaml
 
-PUZZLES = ("frozenlake", "maze", "minibehaviour")
+from mgsd import puzzles as _registry
+
+PUZZLES = _registry.NAMES  # a puzzle is its module and its line in the registry
 CONDITIONS = ("image", "text", "image_oracle_state", "teacher")
 # what a supervised stage can train (mgsd.model.tasks documents each)
 TASKS = (
@@ -38,7 +40,7 @@ METHODS = (
     "base", "symbolic", "sft_direct", "grounding", "grounding_sft", *DISTILL_METHODS, *RL_METHODS
 )  # fmt: skip
 ON_POLICY_METHODS = (*DISTILL_METHODS, *RL_METHODS)
-LEVEL_RANGE = {"frozenlake": (2, 12), "maze": (2, 12), "minibehaviour": (4, 12)}
+LEVEL_RANGE = {name: _registry.get(name).LEVELS for name in PUZZLES}
 BENCHMARK_SOURCES = {"frozenlake": "vsp", "minibehaviour": "vprl"}
 
 

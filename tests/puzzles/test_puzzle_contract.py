@@ -17,7 +17,7 @@ from mgsd import puzzles
 SIDES = {"frozenlake": range(3, 9), "maze": range(3, 7), "minibehaviour": range(5, 7)}
 CASES = [(name, level) for name in puzzles.NAMES for level in SIDES[name]]
 INTERFACE = (
-    "ACTIONS FIELDS WORDING generate to_dict from_dict render describe parse_description field_values "
+    "LEVELS ACTIONS FIELDS WORDING generate to_dict from_dict render describe parse_description field_values "
     "solve optimal_length simulate parse_answer format_answer score state_hash questions"
 ).split()
 
@@ -39,6 +39,8 @@ def test_registry_lists_every_puzzle_with_the_full_interface():
         assert module.NAME == name
         assert [f for f in INTERFACE if not hasattr(module, f)] == []
         assert module.FIELDS[0] == "level"
+        lo, hi = module.LEVELS
+        assert 2 <= lo <= hi, (name, module.LEVELS)
     with pytest.raises(ValueError, match="unknown puzzle 'sokoban'.*frozenlake"):
         puzzles.get("sokoban")
 

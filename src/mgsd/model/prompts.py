@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import Any
 
 from mgsd import puzzles
-from mgsd.config import LEVEL_RANGE
 
 STYLES = ("compact", "instruct")
 
@@ -203,7 +202,7 @@ def tokenizer_corpus() -> list[str]:
     corpus = ["system\nuser\nassistant"]
     for name in puzzles.NAMES:
         module = _module(name)
-        lo, hi = LEVEL_RANGE[name]
+        lo, hi = module.LEVELS
         for style in STYLES:
             corpus.append(_message_text(student_messages(name, style)))
             corpus.append(_message_text(grounding_messages(name, style)))

@@ -34,6 +34,7 @@ from mgsd.puzzles import base
 from mgsd.puzzles.base import Pos, Score, Simulation
 
 NAME = "maze"
+LEVELS = (2, 12)  # the sides a config may ask for, smallest and largest
 ACTIONS = ("U", "D", "L", "R")
 FIELDS = ("level", "start", "goal", "walls")
 

@@ -35,6 +35,7 @@ from mgsd.puzzles import base
 from mgsd.puzzles.base import Pos, Score, Simulation
 
 NAME = "minibehaviour"
+LEVELS = (4, 12)  # the sides a config may ask for, smallest and largest
 ACTIONS = ("U", "D", "L", "R", "PICK", "DROP")
 FIELDS = ("level", "agent", "printer", "table")
 
