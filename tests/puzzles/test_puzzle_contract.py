@@ -17,7 +17,7 @@ from mgsd import puzzles
 SIDES = {"frozenlake": range(3, 9), "maze": range(3, 7), "minibehaviour": range(5, 7)}
 CASES = [(name, level) for name in puzzles.NAMES for level in SIDES[name]]
 INTERFACE = (
-    "LEVELS ACTIONS FIELDS WORDING generate to_dict from_dict render describe parse_description field_values "
+    "LEVELS ILLEGAL ACTIONS FIELDS WORDING generate to_dict from_dict render describe parse_description field_values "
     "solve optimal_length simulate parse_answer format_answer score state_hash questions"
 ).split()
 
@@ -176,3 +176,18 @@ def test_perception_questions_are_answered_by_the_state_in_other_words(name, lev
     other = module.questions(b)
     assert [q for q, _ in other] == questions  # the questions depend on the side alone
     assert [x for _, x in other] != [x for _, x in qa]
+
+
+@pytest.mark.parametrize("name", puzzles.NAMES)
+def test_a_puzzle_declares_exactly_the_illegal_kinds_its_plans_make(name):
+    """ILLEGAL is what the metrics count (`illegal_<kind>` rates): every kind a random plan
+    runs into is declared, and every declared kind is met."""
+    import random
+
+    module, rng, seen = puzzles.get(name), random.Random(0), set()
+    for seed in range(60):
+        state = module.generate(SIDES[name][seed % len(SIDES[name])], seed)
+        for _ in range(10):
+            plan = [rng.choice(module.ACTIONS) for _ in range(rng.randrange(1, 12))]
+            seen.add(module.simulate(state, plan).illegal_kind)
+    assert seen - {""} == set(module.ILLEGAL), name

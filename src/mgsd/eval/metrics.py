@@ -30,13 +30,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mgsd import puzzles
 from mgsd.config import CONDITIONS, METHODS, PUZZLES
 from mgsd.data.records import EVAL_COLUMNS, EVAL_SCHEMA, RecordError, read_table
 
 METRICS = ("success", "exact_match", "progress_rate")
 READINGS = {"strict": "success_strict", "paper": "success_paper"}  # success per answer parser
 RATES = (*METRICS, "parsed", *READINGS.values())
-ILLEGAL_KINDS = ("hole", "wall", "offgrid", "table", "bad_pick", "bad_drop", "printer")
+# every kind of illegal action, as the puzzles declare them (registry order, each once)
+ILLEGAL_KINDS = tuple(dict.fromkeys(k for n in puzzles.NAMES for k in puzzles.get(n).ILLEGAL))
 _BOOL_COLUMNS = (
     "success", "exact_match", "parsed", "state_parsed", "state_correct", *READINGS.values(),
     "external",
