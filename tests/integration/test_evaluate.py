@@ -23,8 +23,8 @@ from mgsd.model.tasks import Instance, load_instances
 
 CONDITIONS = ("image", "text", "image_oracle_state", "teacher")
 TEXT_ONLY = ("text", "teacher")
-# (levels, instances per level) of the small test files, one per puzzle
-TEST_SETS = {"frozenlake": ([3, 4], 2), "maze": ([3], 2), "minibehaviour": ([5], 2)}
+# (levels, instances per level) of the small test files, one per puzzle: its two smallest sides
+TEST_SETS = {n: ([lo, lo + 1], 2) for n in puzzles.NAMES for lo, _ in [puzzles.get(n).PAPER_LEVELS]}
 EVAL_CFG = {"max_new_tokens": 8, "batch_size": 4}
 
 

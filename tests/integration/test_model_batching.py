@@ -148,9 +148,9 @@ def test_collate_score_logprobs_match_plain_forwards(tiny, examples):
 
 def _pictures(tiny_image_size):
     out = []
-    for i, name in enumerate(("frozenlake", "maze", "minibehaviour")):
+    for i, name in enumerate(puzzles.NAMES):
         p = puzzles.get(name)
-        for side in {"frozenlake": (3, 8), "maze": (3, 6), "minibehaviour": (5, 6)}[name]:
+        for side in p.PAPER_LEVELS:  # the smallest and the largest side the paper evaluates
             state = p.generate(side, i + side)
             out.append(
                 Example(

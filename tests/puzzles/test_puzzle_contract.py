@@ -14,11 +14,15 @@ import pytest
 
 from mgsd import puzzles
 
-SIDES = {"frozenlake": range(3, 9), "maze": range(3, 7), "minibehaviour": range(5, 7)}
+# the sides the paper evaluates, as each puzzle declares them
+SIDES = {
+    name: range(lo, hi + 1) for name in puzzles.NAMES for lo, hi in [puzzles.get(name).PAPER_LEVELS]
+}
 CASES = [(name, level) for name in puzzles.NAMES for level in SIDES[name]]
 INTERFACE = (
-    "LEVELS ILLEGAL ACTIONS FIELDS WORDING generate to_dict from_dict render describe parse_description field_values "
-    "solve optimal_length simulate parse_answer format_answer score state_hash questions"
+    "LEVELS PAPER_LEVELS ILLEGAL ACTIONS FIELDS WORDING generate to_dict from_dict render "
+    "describe parse_description field_values solve optimal_length simulate parse_answer "
+    "format_answer score state_hash questions"
 ).split()
 
 
@@ -41,6 +45,7 @@ def test_registry_lists_every_puzzle_with_the_full_interface():
         assert module.FIELDS[0] == "level"
         lo, hi = module.LEVELS
         assert 2 <= lo <= hi, (name, module.LEVELS)
+        assert lo <= module.PAPER_LEVELS[0] <= module.PAPER_LEVELS[1] <= hi, name
     with pytest.raises(ValueError, match="unknown puzzle 'sokoban'.*frozenlake"):
         puzzles.get("sokoban")
 

@@ -13,6 +13,7 @@ from collections import Counter
 import networkx as nx
 import numpy as np
 import pytest
+from test_puzzle_contract import SIDES  # same folder: the sides the paper evaluates
 
 from mgsd import puzzles
 from mgsd.puzzles import frozenlake
@@ -21,7 +22,6 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # gymnasium's pygame.init() n
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")  # ... nor a sound card
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
-SIDES = {"frozenlake": range(3, 9), "maze": range(3, 7), "minibehaviour": range(5, 7)}
 DELTA = {"U": (-1, 0), "D": (1, 0), "L": (0, -1), "R": (0, 1)}
 SIDE_OF = {"U": "north", "D": "south", "L": "west", "R": "east"}
 

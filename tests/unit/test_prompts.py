@@ -10,7 +10,7 @@ from mgsd import puzzles
 from mgsd.model import prompts
 from mgsd.puzzles import base
 
-LEVELS = {"frozenlake": (3, 8), "maze": (3, 6), "minibehaviour": (5, 6)}
+LEVELS = {name: puzzles.get(name).PAPER_LEVELS for name in puzzles.NAMES}  # smallest, largest
 CASES = [(name, level) for name, levels in LEVELS.items() for level in levels]
 
 

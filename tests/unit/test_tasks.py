@@ -16,9 +16,10 @@ from mgsd.model.tasks import Instance, Mixture, make_example, task_success
 
 def instances() -> list[Instance]:
     out = []
-    for name, levels in (("frozenlake", (3, 4, 5)), ("maze", (3, 4)), ("minibehaviour", (5, 6))):
+    for name in puzzles.NAMES:  # the paper's three smallest sides of each puzzle (or all of them)
         module = puzzles.get(name)
-        for level in levels:
+        lo, hi = module.PAPER_LEVELS
+        for level in range(lo, min(hi, lo + 2) + 1):
             for seed in range(20):
                 state = module.generate(level, seed)
                 out.append(
@@ -58,7 +59,7 @@ def test_mixture_is_a_function_of_seed_and_step_with_the_configured_shares():
 
 def test_pools_keep_the_smallest_sides_and_cap_the_instances():
     slots = Mixture(MIX, "symbolic", INSTS, seed=3).slots(list(range(len(INSTS))) * 5, 1)
-    small = {"frozenlake": 3, "maze": 3, "minibehaviour": 5}
+    small = {name: puzzles.get(name).PAPER_LEVELS[0] for name in puzzles.NAMES}
     student = {INSTS[s.index] for s in slots if s.task == "student"}
     assert {(x.puzzle, x.level) for x in student} == {(p, lv) for p, lv in small.items()}
     assert len({s.index for s in slots if s.task == "perception"}) == 10

@@ -35,6 +35,7 @@ from mgsd.puzzles.base import Pos, Score, Simulation
 
 NAME = "maze"
 LEVELS = (2, 12)  # the sides a config may ask for, smallest and largest
+PAPER_LEVELS = (3, 6)  # the sides the MGSD paper evaluates (its presets and tests)
 ILLEGAL = ("wall", "offgrid")  # the kinds of illegal action its plans can make
 ACTIONS = ("U", "D", "L", "R")
 FIELDS = ("level", "start", "goal", "walls")

@@ -36,6 +36,7 @@ from mgsd.puzzles.base import Pos, Score, Simulation
 
 NAME = "minibehaviour"
 LEVELS = (4, 12)  # the sides a config may ask for, smallest and largest
+PAPER_LEVELS = (5, 6)  # the sides the MGSD paper evaluates (its presets and tests)
 ILLEGAL = ("table", "bad_pick", "bad_drop", "printer", "offgrid")  # kinds of illegal action
 ACTIONS = ("U", "D", "L", "R", "PICK", "DROP")
 FIELDS = ("level", "agent", "printer", "table")
