@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -151,10 +152,15 @@ def prepare(files: list[str], workdir: Path, steps: int | None, run: str | None)
     root2 = workdir / cfg2.root
     if root2.exists():
         raise EqualTimeError(f"{root2} exists: remove it, or name another run with --run")
-    measured["linked"] = link_first_run(cfg, root, root2)
-    measured["first_run"] = str(cfg.root)
-    atomic_write_text(root2 / "equal_time.yaml", yaml.safe_dump(to_dict(cfg2), sort_keys=False))
-    write_atomic_json(root2 / "equal_time.json", measured)
+    try:  # all or nothing: a half-made second run would be refused by the next call
+        measured["linked"] = link_first_run(cfg, root, root2)
+        measured["first_run"] = str(cfg.root)
+        text = yaml.safe_dump(to_dict(cfg2), sort_keys=False)
+        atomic_write_text(root2 / "equal_time.yaml", text)
+        write_atomic_json(root2 / "equal_time.json", measured)
+    except BaseException:
+        shutil.rmtree(root2, ignore_errors=True)
+        raise
     return {**measured, "config": str(cfg2.root / "equal_time.yaml")}
 
 

@@ -98,3 +98,16 @@ def test_a_run_without_grpo_is_refused(tmp_path, capsys):
     over.write_text(yaml.safe_dump({"methods": ["base", "grounding", "mgsd"]}))
     assert equal_time.main([*files, str(over), "--dir", str(tmp_path)]) == 1
     assert "no grpo" in capsys.readouterr().err
+
+
+def test_a_failure_while_linking_leaves_no_second_run(tmp_path, monkeypatch):
+    files = first_run(tmp_path)
+
+    def broken(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(equal_time, "link_file", broken)
+    (tmp_path / "results" / "r" / "models" / "grounding" / "metrics.json").write_text("{}")
+    with pytest.raises(OSError, match="No space"):
+        equal_time.prepare(files, tmp_path, None, None)
+    assert not (tmp_path / "results" / "r_equal_time").exists()
