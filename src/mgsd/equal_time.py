@@ -16,11 +16,13 @@ that takes `mgsd`'s time:
 under the same conditions: each alone on its GPU (as under Slurm), or side by side on one.
 `--steps N` sets the count instead.
 
-The second run, `<run>_equal_time`, holds the methods that `grpo` is compared with (base,
+The second run, `<run>_equal_time`, holds the methods that the RL runs are compared with (base,
 symbolic, grounding, mgsd and mgsd's seeds) as hard links to the first run's files (data,
-models, evaluations, premise): Snakemake finds them up to date and trains only `grpo` (and its
-seeds) with the new step count and the first run's chosen settings, then evaluates it and builds
-the tables and figures, where `grpo`'s paired difference to `mgsd` is the equal-time comparison.
+models, evaluations, premise): Snakemake finds them up to date and trains only `grpo` and
+`grpo_only` (each with its seeds; `grpo_only` when the first run has it) with the new step count
+and the first run's chosen settings (`grpo_only` takes `grpo`'s, as in the first run), then
+evaluates them and builds the tables and figures, where their paired difference to `mgsd` is
+the equal-time comparison.
 Written there: `equal_time.yaml` (the second run's whole config) and `equal_time.json` (the step
 times measured, the logs they came from and the step count).
 """
@@ -36,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-from mgsd.config import Config, ConfigError, load, load_file, to_dict
+from mgsd.config import RL_METHODS, Config, ConfigError, load, load_file, to_dict
 from mgsd.io import atomic_write_text, link_file, link_tree, write_atomic_json
 from mgsd.workflow import SWEPT, replicate_name
 
@@ -95,7 +97,7 @@ def chosen(cfg: Config, root: Path, stage: str) -> dict | None:
 
 
 def second_config(cfg: Config, root: Path, steps: int, run: str) -> Config:
-    """The first run's config with its sweeps' choices fixed, grpo's steps set, no sweep."""
+    """The first run's config with its sweeps' choices fixed, the RL steps set, no sweep."""
     raw = to_dict(cfg)
     for stage in ("grounding", "distill", "rl"):
         if (section := chosen(cfg, root, stage)) is not None:
@@ -103,9 +105,9 @@ def second_config(cfg: Config, root: Path, steps: int, run: str) -> Config:
     raw["rl"] = {**raw["rl"], "steps": steps}
     raw.update(
         run=run,
-        methods=[m for m in cfg.methods if m in (*KEPT, "grpo")],
+        methods=[m for m in cfg.methods if m in (*KEPT, *RL_METHODS)],
         sweep={},
-        replicates={m: n for m, n in cfg.replicates.items() if m in ("mgsd", "grpo")},
+        replicates={m: n for m, n in cfg.replicates.items() if m in ("mgsd", *RL_METHODS)},
         external_models={},
     )
     return load(raw)
@@ -186,7 +188,7 @@ def main(argv: list[str]) -> int:
     print(
         f"mgsd: {statistics.mean(mgsd.values()):.3f} s/step over {len(mgsd)} seed(s), "
         f"{out['mgsd_steps']} steps; grpo: {out['grpo_seconds_per_step']:.3f} s/step\n"
-        f"grpo at mgsd's GPU time: rl.steps = {out['steps']}\n"
+        f"RL at mgsd's GPU time: rl.steps = {out['steps']}\n"
         f"linked from {out['first_run']}: {len(out['linked'])} files and folders\n"
         f"next: snakemake --cores all all --configfile {out['config']}"
     )

@@ -88,7 +88,7 @@ def _seconds_per_step(log):
     return (timed[-1]["time"] - timed[0]["time"]) / (timed[-1]["step"] - timed[0]["step"])
 
 
-def test_equal_time_run_trains_only_grpo_with_the_steps_of_mgsds_time(sweep_run, capsys):
+def test_equal_time_run_trains_only_the_rl_methods_with_the_steps_of_mgsds_time(sweep_run, capsys):
     workdir, files = sweep_run
     root, root2 = workdir / "results" / "sweep", workdir / "results" / "sweep_equal_time"
     assert equal_time.main([*files, "--dir", str(workdir)]) == 0
@@ -103,22 +103,27 @@ def test_equal_time_run_trains_only_grpo_with_the_steps_of_mgsds_time(sweep_run,
     )
     steps = round(3 * (mgsd_s[0] + mgsd_s[1]) / 2 / grpo_s)  # smoke: 3 distillation steps
     assert measured["steps"] == max(1, steps)
-    # the compared methods are the first run's files, up to date: only grpo trains
+    # the compared methods are the first run's files, up to date: only grpo (2 seeds) and
+    # grpo_only train
     config = ["--configfile", str(root2 / "equal_time.yaml")]
     jobs = planned_jobs(snakemake(workdir, "-n", "all", *config))
-    assert jobs == {"rl": 2, "evaluate": 2, "tables": 1, "plots": 1, "all": 1}
+    assert jobs == {"rl": 3, "evaluate": 3, "tables": 1, "plots": 1, "all": 1}
     same = root / "models/mgsd-seed1/model/model.safetensors"
     assert os.path.samefile(same, root2 / "models/mgsd-seed1/model/model.safetensors")
     snakemake(workdir, "all", *config)
     chosen = json.loads((root / "models" / "grpo" / "config.json").read_text())
-    for name, seed in (("grpo", 0), ("grpo-seed1", 1)):
+    for name, seed, init in (
+        ("grpo", 0, "grounding"), ("grpo-seed1", 1, "grounding"), ("grpo_only", 0, "base")
+    ):  # fmt: skip
         stage = json.loads((root2 / "models" / name / "model" / "mgsd_stage.json").read_text())
         want = {**chosen, "steps": measured["steps"], "seed": chosen["seed"] + seed}
         assert stage["config"] == want
-        assert stage["init"] == "results/sweep_equal_time/models/grounding/model"
+        assert stage["init"] == f"results/sweep_equal_time/models/{init}/model"
     ablations = pd.read_csv(root2 / "tables" / "ablations.csv")
-    grpo = ablations[(ablations["method"] == "grpo") & (ablations["puzzle"] == "macro")]
-    assert len(grpo) == 1 and grpo["d_sr"].notna().all()  # paired with mgsd
+    rl = ablations[
+        ablations["method"].isin(["grpo", "grpo_only"]) & (ablations["puzzle"] == "macro")
+    ]
+    assert len(rl) == 2 and rl["d_sr"].notna().all()  # paired with mgsd
     # a second call leaves the prepared run alone
     assert equal_time.main([*files, "--dir", str(workdir)]) == 1
     assert "exists" in capsys.readouterr().err
