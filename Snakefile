@@ -23,6 +23,7 @@ from mgsd.workflow import (
     RL_INITS,
     SELECT_ON,
     SFT_INITS,
+    SWEPT,
     SWEPT_DISTILL,
     SWEPT_RL,
     candidate_config,

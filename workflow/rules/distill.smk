@@ -95,33 +95,3 @@ if swept(CFG, "distill"):
             work=lambda wc: f"{ROOT}/resume/{wc.method}/{wc.cand}",
         shell:
             DISTILL_SHELL
-
-    rule distill_select:
-        """mgsd's sweep candidate with the best validation success, and the settings chosen."""
-        input:
-            lambda wc: [
-                f"{ROOT}/models/{wc.method}/sweep/{c}/{f}"
-                for c in candidates(CFG, "distill")
-                for f in ("model", "metrics.json", "train_log.jsonl")
-            ],
-        output:
-            model=directory(f"{ROOT}/models/{{method}}/model"),
-            metrics=f"{ROOT}/models/{{method}}/metrics.json",
-            log=f"{ROOT}/models/{{method}}/train_log.jsonl",
-            chosen=f"{ROOT}/models/{{method}}/config.json",
-            sweep=f"{ROOT}/models/{{method}}/sweep.json",
-        log:
-            f"{ROOT}/logs/models/{{method}}_select.log",
-        wildcard_constraints:
-            method=SWEPT_DISTILL,
-        localrule: True
-        params:
-            candidates=lambda wc: [
-                f"{ROOT}/models/{wc.method}/sweep/{c}"
-                for c in candidates(CFG, "distill")
-            ],
-            metric=SELECT_ON["distill"],
-            swept_keys=" ".join(CFG.sweep.get("distill", {})),
-            out=lambda wc: f"{ROOT}/models/{wc.method}",
-        shell:
-            SELECT_SHELL

@@ -17,7 +17,7 @@ SFT_SHELL = (
 )
 
 
-# Keep the best candidate of a sweep on validation (src/mgsd/train/select.py); distill.smk too.
+# Keep the best candidate of a sweep on validation (src/mgsd/train/select.py): the select rules below.
 SELECT_SHELL = (
     "mgsd select --candidates {params.candidates:q} --metric {params.metric:q}"
     " --keys {params.swept_keys} --out {params.out:q} > {log:q} 2>&1"
@@ -130,34 +130,36 @@ for _method, _init in SFT_INITS.items():
         shell:
             SFT_SHELL
 
-    if swept(CFG, _method):
 
-        rule:
-            """The candidate of a swept stage with the best validation success, and its settings."""
-            name:
-                f"{_method}_select"
-            input:
-                [
-                    f"{ROOT}/models/{_method}/sweep/{c}/{f}"
-                    for c in candidates(CFG, _method)
-                    for f in ("model", "metrics.json", "train_log.jsonl")
-                ],
-            output:
-                model=directory(f"{ROOT}/models/{_method}/model"),
-                metrics=f"{ROOT}/models/{_method}/metrics.json",
-                log=f"{ROOT}/models/{_method}/train_log.jsonl",
-                chosen=f"{ROOT}/models/{_method}/config.json",
-                sweep=f"{ROOT}/models/{_method}/sweep.json",
-            log:
-                f"{ROOT}/logs/models/{_method}_select.log",
-            localrule: True
-            params:
-                candidates=[
-                    f"{ROOT}/models/{_method}/sweep/{c}"
-                    for c in candidates(CFG, _method)
-                ],
-                metric=SELECT_ON[_method],
-                swept_keys=" ".join(CFG.sweep[_method]),
-                out=f"{ROOT}/models/{_method}",
-            shell:
-                SELECT_SHELL
+# Every swept stage keeps the candidate with the best validation success (mgsd select): a
+# supervised stage for its own method, distillation for mgsd and RL for grpo (SWEPT), whose
+# ablations, followers and replicates then read the chosen settings (<method>/config.json).
+for _stage in CFG.sweep:
+    _swept = SWEPT.get(_stage, _stage)
+
+    rule:
+        """The candidate of a swept stage with the best validation success, and its settings."""
+        name:
+            f"{_stage}_select"
+        input:
+            [
+                f"{ROOT}/models/{_swept}/sweep/{c}/{f}"
+                for c in candidates(CFG, _stage)
+                for f in ("model", "metrics.json", "train_log.jsonl")
+            ],
+        output:
+            model=directory(f"{ROOT}/models/{_swept}/model"),
+            metrics=f"{ROOT}/models/{_swept}/metrics.json",
+            log=f"{ROOT}/models/{_swept}/train_log.jsonl",
+            chosen=f"{ROOT}/models/{_swept}/config.json",
+            sweep=f"{ROOT}/models/{_swept}/sweep.json",
+        log:
+            f"{ROOT}/logs/models/{_swept}_select.log",
+        localrule: True
+        params:
+            candidates=[f"{ROOT}/models/{_swept}/sweep/{c}" for c in candidates(CFG, _stage)],
+            metric=SELECT_ON[_stage],
+            swept_keys=" ".join(CFG.sweep[_stage]),
+            out=f"{ROOT}/models/{_swept}",
+        shell:
+            SELECT_SHELL
