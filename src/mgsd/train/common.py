@@ -221,7 +221,6 @@ class Run:
     acc: Accelerator
     cfg: Any  # the stage's config section
     args: Any  # the stage's command line: log, final_log, work, out
-    name: str
     model: torch.nn.Module
     opt: Optimizer
     sched: Scheduler
@@ -240,7 +239,7 @@ def open_run(acc, cfg, args, name: str, model, opt, sched, params, fingerprint: 
     open the log (from the step resumed), the stop signal, the meter, the bar and the updater."""
     start, lock = start_run(args.work, fingerprint, acc, model, opt, sched, name, cfg.steps)
     return Run(
-        acc, cfg, args, name, model, opt, sched, fingerprint, start, lock,
+        acc, cfg, args, model, opt, sched, fingerprint, start, lock,
         updater=Updater(acc, opt, sched, params, cfg.grad_clip, name),
         log=JsonlLogger(args.log, start, cfg=cfg, name=name),
         stop=StopSignal(),
