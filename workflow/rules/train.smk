@@ -17,7 +17,7 @@ SFT_SHELL = (
 )
 
 
-# Keep the best candidate of a sweep on validation (src/mgsd/train/select.py): the select rules below.
+# Keep the best candidate of a sweep on validation (src/mgsd/train/select.py): the rules below.
 SELECT_SHELL = (
     "mgsd select --candidates {params.candidates:q} --metric {params.metric:q}"
     " --keys {params.swept_keys} --out {params.out:q} > {log:q} 2>&1"
@@ -157,7 +157,9 @@ for _stage in CFG.sweep:
             f"{ROOT}/logs/models/{_swept}_select.log",
         localrule: True
         params:
-            candidates=[f"{ROOT}/models/{_swept}/sweep/{c}" for c in candidates(CFG, _stage)],
+            candidates=[
+                f"{ROOT}/models/{_swept}/sweep/{c}" for c in candidates(CFG, _stage)
+            ],
             metric=SELECT_ON[_stage],
             swept_keys=" ".join(CFG.sweep[_stage]),
             out=f"{ROOT}/models/{_swept}",
